@@ -1,0 +1,173 @@
+"""Backend base class, Capabilities, Availability and the attention metadata core hands to kernels."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+# major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
+# A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
+API_VERSION = "1.0"
+
+
+class Unsupported(Exception):
+    """Raised by a backend asked for a combination (dtype, head size, ...) its Capabilities do not claim."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+class Capabilities(BaseModel):
+    """What a backend claims to support; the conformance suite checks every claim both ways."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+    kv_cache_dtypes: tuple[str, ...] = ("auto",)
+    head_sizes: tuple[int, ...] = (64, 80, 96, 128, 256)
+    block_sizes: tuple[int, ...] = (16,)
+    max_gqa_ratio: int = 8
+    sliding_window: bool = True
+    logit_soft_cap: bool = True
+    graph_capture: bool = False
+    communicator: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class AttentionMetadata:
+    """One step's batch layout, built by core's runner; the same object is passed to every layer.
+
+    Tokens of all sequences are packed: sequence ``i`` owns ``query[query_start_loc[i]:query_start_loc[i+1]]``,
+    which are the last ``query_len`` of its ``seq_lens[i]`` context tokens (cached context comes first).
+    """
+
+    query_start_loc: torch.Tensor  # [B + 1] int32
+    seq_lens: torch.Tensor  # [B] int32, context including the new tokens
+    block_table: torch.Tensor  # [B, max_blocks] int32
+    slot_mapping: torch.Tensor  # [tokens] int64, -1 for padding tokens that must not be written
+    max_query_len: int
+    max_seq_len: int
+    # Host copies so that CPU-side loops need no device round trip.
+    query_start_loc_host: list[int] | None = None
+    seq_lens_host: list[int] | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return self.seq_lens.shape[0]
+
+    def host_lists(self) -> tuple[list[int], list[int]]:
+        qsl = self.query_start_loc_host
+        sl = self.seq_lens_host
+        return (qsl if qsl is not None else self.query_start_loc.tolist(),
+                sl if sl is not None else self.seq_lens.tolist())
+
+
+class Backend:
+    """Base class of every backend. Subclasses set the identity class variables and override what they have.
+
+    Kernels: ``native_ops()`` returns the ops this backend implements natively, by name (see
+    ``unifer.ops.OP_NAMES``); every other op falls back to ``unifer.ops.reference``.
+    """
+
+    name: ClassVar[str] = ""
+    device_type: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    api_version: ClassVar[str] = API_VERSION
+    version: ClassVar[str] = "0"
+    capabilities: Capabilities = Capabilities()
+
+    # identity and availability -------------------------------------------------------------------------------
+    def probe(self) -> Availability:
+        """Cheap; never raises; never initialises a device that is absent."""
+        return Availability(False, "probe() not implemented")
+
+    # device services -----------------------------------------------------------------------------------------
+    def device(self, index: int = 0) -> torch.device:
+        return torch.device(self.device_type, index) if self.device_type != "cpu" else torch.device("cpu")
+
+    def init_device(self) -> None:
+        """Set up the device before the first allocation."""
+
+    def device_name(self) -> str:
+        return self.device_type
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of device memory."""
+        raise NotImplementedError(f"backend {self.name!r} does not report memory")
+
+    def synchronize(self) -> None:
+        """Wait for all queued device work."""
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def empty_cache(self) -> None:
+        """Return cached, unused device memory to the device."""
+
+    def make_generator(self, seed: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device())
+        gen.manual_seed(seed)
+        return gen
+
+    # kernels -------------------------------------------------------------------------------------------------
+    def native_ops(self) -> dict[str, Callable[..., Any]]:
+        return {}
+
+    def kv_cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
+        """Shape of one layer's KV cache; the layout must match this backend's write_kv and paged_attention."""
+        return (2, num_blocks, block_size, num_kv_heads, head_dim)
+
+    @functools.cached_property
+    def ops(self):
+        from unifer.ops.table import resolve_ops
+
+        return resolve_ops(self.native_ops())
+
+    def check_supported(
+        self,
+        *,
+        dtype: torch.dtype,
+        head_size: int,
+        block_size: int,
+        gqa_ratio: int,
+        sliding_window: int | None = None,
+        soft_cap: float | None = None,
+    ) -> None:
+        """Raise Unsupported, naming the first unclaimed property, for a combination outside Capabilities."""
+        caps = self.capabilities
+        dtype_name = str(dtype).removeprefix("torch.")
+        problems = [
+            (dtype_name not in caps.dtypes, f"dtype {dtype_name} (supported: {', '.join(caps.dtypes)})"),
+            (head_size not in caps.head_sizes, f"head size {head_size} (supported: {caps.head_sizes})"),
+            (block_size not in caps.block_sizes, f"block size {block_size} (supported: {caps.block_sizes})"),
+            (gqa_ratio > caps.max_gqa_ratio, f"GQA ratio {gqa_ratio} (max {caps.max_gqa_ratio})"),
+            (bool(sliding_window) and not caps.sliding_window, "sliding-window attention"),
+            (bool(soft_cap) and not caps.logit_soft_cap, "logit soft-cap"),
+        ]
+        for bad, what in problems:
+            if bad:
+                raise Unsupported(f"backend {self.name!r} does not support {what}")
+
+    # optional services ---------------------------------------------------------------------------------------
+    def build_metadata(self, metadata: AttentionMetadata) -> AttentionMetadata:
+        """Transform the step's metadata once (e.g. pad to compile buckets). Default: unchanged."""
+        return metadata
+
+    def graph_runner(self):
+        """An object that captures and replays decode steps, or None when this backend has none."""
+        return None
+
+    def communicator(self):
+        """The tensor-parallel communicator, or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name} ({self.device_type}, priority {self.priority})>"

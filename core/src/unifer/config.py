@@ -1,0 +1,53 @@
+"""Engine configuration (pydantic): validated once, with messages that name the bad field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Config):
+    model: str = Field(description="Path to a local Hugging Face checkpoint folder")
+    dtype: DType = "auto"
+    max_model_len: int | None = Field(default=None, gt=0, description="Default: the checkpoint's context length")
+    seed: int = 0
+
+
+class CacheConfig(_Config):
+    block_size: int = Field(default=16, gt=0)
+    num_blocks: int | None = Field(default=None, gt=1, description="Explicit size; overrides memory_fraction")
+    memory_fraction: float = Field(
+        default=0.9, gt=0.0, le=1.0,
+        description="Share of the device memory left free after loading the model that the KV cache may take")
+    max_cache_bytes: int | None = Field(
+        default=None, gt=0, description="Upper bound on the KV cache size in bytes (host-memory backends use it)")
+    enable_prefix_caching: bool = True
+
+
+class SchedulerConfig(_Config):
+    max_num_batched_tokens: int = Field(default=2048, gt=0, description="Token budget of one step")
+    max_num_seqs: int = Field(default=256, gt=0, description="Most requests running at once")
+    enable_chunked_prefill: bool = True
+
+
+class EngineConfig(_Config):
+    model: ModelConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    backend: str | None = None
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> EngineConfig:
+        if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None \
+                and self.scheduler.max_num_batched_tokens < self.model.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.scheduler.max_num_batched_tokens}) is smaller than max_model_len "
+                f"({self.model.max_model_len}); enable chunked prefill or raise the budget")
+        return self

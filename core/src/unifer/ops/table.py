@@ -1,0 +1,48 @@
+"""The ops table: the only override point for a backend's kernels.
+
+Each op has one signature, fixed by its reference implementation in ``unifer.ops.reference`` (keyword arguments
+beyond the leading tensors, so a later contract version can add defaulted ones). A backend's ``native_ops()``
+returns any subset; the rest fall back to the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from unifer.ops import reference
+
+OP_NAMES: tuple[str, ...] = (
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv",
+    "paged_attention",
+    "apply_penalties",
+    "apply_top_k_top_p_min_p",
+    "random_sample",
+)
+
+
+@dataclass(frozen=True)
+class Ops:
+    rms_norm: Callable[..., Any]
+    rotary_embedding: Callable[..., Any]
+    silu_and_mul: Callable[..., Any]
+    write_kv: Callable[..., Any]
+    paged_attention: Callable[..., Any]
+    apply_penalties: Callable[..., Any]
+    apply_top_k_top_p_min_p: Callable[..., Any]
+    random_sample: Callable[..., Any]
+    native: frozenset[str] = frozenset()
+
+    def source(self, name: str) -> str:
+        return "native" if name in self.native else "fallback"
+
+
+def resolve_ops(native: dict[str, Callable[..., Any]]) -> Ops:
+    unknown = set(native) - set(OP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown op name(s) {sorted(unknown)}; the contract's ops are {list(OP_NAMES)}")
+    table = {name: native.get(name) or getattr(reference, name) for name in OP_NAMES}
+    return Ops(**table, native=frozenset(native))
