@@ -103,6 +103,11 @@ class Backend:
         """(free, total) bytes of device memory."""
         raise NotImplementedError(f"backend {self.name!r} does not report memory")
 
+    def kv_cache_budget(self, memory_fraction: float) -> int:
+        """Bytes the KV cache may take, called after the model's weights are on the device."""
+        free, _ = self.memory_info()
+        return int(free * memory_fraction)
+
     def synchronize(self) -> None:
         """Wait for all queued device work."""
 

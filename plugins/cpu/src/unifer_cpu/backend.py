@@ -39,5 +39,9 @@ class CPUBackend(Backend):
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return free, pages
 
+    def kv_cache_budget(self, memory_fraction: float) -> int:
+        # Host memory is shared with everything else on the machine: cap the default like vLLM's CPU backend.
+        return min(super().kv_cache_budget(memory_fraction), 4 << 30)
+
     def native_ops(self):
         return {"paged_attention": attention.paged_attention}

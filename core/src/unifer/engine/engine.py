@@ -1,0 +1,243 @@
+"""The step loop: schedule -> run the model -> sample -> detokenize and check stops -> outputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from unifer.backends.registry import select_backend
+from unifer.config import EngineConfig
+from unifer.engine.detokenizer import IncrementalDetokenizer
+from unifer.engine.outputs import CompletionOutput, RequestOutput
+from unifer.engine.runner import ModelRunner
+from unifer.kv.manager import KVCacheManager
+from unifer.model.loader import checkpoint_dir, iter_weights, read_config, resolve_dtype
+from unifer.model.registry import ModelRegistry
+from unifer.model.tokenizer import Tokenizer
+from unifer.sample.params import SamplingParams
+from unifer.sample.sampler import Sampler, SamplingState
+from unifer.sched.request import Request, RequestStatus
+from unifer.sched.scheduler import Scheduler
+
+PromptType = str | list[int] | dict
+
+
+@dataclass
+class _Sequence:
+    """One generated sequence (a request has ``n`` of them)."""
+
+    request: Request
+    output: CompletionOutput
+    detokenizer: IncrementalDetokenizer | None
+    generator: torch.Generator | None
+
+
+@dataclass
+class _Parent:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    sequences: list[_Sequence] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.output.finished for s in self.sequences)
+
+    def to_output(self) -> RequestOutput:
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids,
+                             [s.output for s in self.sequences], self.finished,
+                             self.sequences[0].request.num_cached_prompt_tokens)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.backend = select_backend(config.backend)
+        self.backend.init_device()
+        self.device = self.backend.device()
+        folder = checkpoint_dir(config.model.model)
+        hf_config = read_config(folder)
+        architecture, model_class = ModelRegistry.discover().resolve(hf_config)
+        self.dtype = resolve_dtype(config.model.dtype, hf_config)
+        self.backend.seed(config.model.seed)
+        self.model = model_class(hf_config, self.backend.ops, self.dtype, self.device, architecture=architecture)
+        self.model.load_weights(iter_weights(folder, self.device))
+        self.model.eval()
+        self.tokenizer = Tokenizer.from_pretrained(folder) if (folder / "tokenizer.json").is_file() else None
+        spec = self.model.spec
+        self.max_model_len = config.model.max_model_len or spec.max_positions
+        if self.max_model_len > spec.max_positions:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings "
+                             f"{spec.max_positions}")
+        block_size = config.cache.block_size
+        self.backend.check_supported(dtype=self.dtype, head_size=spec.head_dim, block_size=block_size,
+                                     gqa_ratio=spec.heads // spec.kv_heads,
+                                     sliding_window=any(spec.windows) or None, soft_cap=spec.soft_cap)
+        self.num_blocks = self._num_blocks(spec)
+        shape = self.backend.kv_cache_shape(self.num_blocks, block_size, spec.kv_heads, spec.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(spec.layers)]
+        self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len)
+        self.runner = ModelRunner(self.model, self.backend, self.kv_caches, block_size, self.device)
+        self.sampler = Sampler(self.backend.ops)
+        self._parents: dict[str, _Parent] = {}
+        self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
+        self.num_generated_tokens = 0
+        self.num_prompt_tokens = 0
+
+    def _num_blocks(self, spec) -> int:
+        cache = self.config.cache
+        if cache.num_blocks:
+            return cache.num_blocks
+        per_block = math.prod(self.backend.kv_cache_shape(1, cache.block_size, spec.kv_heads, spec.head_dim))
+        bytes_per_block = per_block * spec.layers * self.dtype.itemsize
+        budget = self.backend.kv_cache_budget(cache.memory_fraction)
+        if cache.max_cache_bytes:
+            budget = min(budget, cache.max_cache_bytes)
+        blocks_per_seq = -(-self.max_model_len // cache.block_size)
+        usable = blocks_per_seq * self.config.scheduler.max_num_seqs  # more could never be used
+        num_blocks = min(usable, budget // bytes_per_block) + 1  # + the null block
+        if num_blocks < blocks_per_seq + 1:
+            raise ValueError(
+                f"the KV cache fits {num_blocks - 1} blocks of {cache.block_size} tokens, fewer than one sequence of "
+                f"max_model_len {self.max_model_len} needs ({blocks_per_seq}); lower max_model_len or give the "
+                "cache more memory")
+        return num_blocks
+
+    # requests -------------------------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this checkpoint has no tokenizer.json: pass {'prompt_token_ids': [...]}")
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" not in prompt:
+                raise ValueError("a dict prompt needs the key 'prompt_token_ids'")
+            ids = prompt["prompt_token_ids"]
+            text = prompt.get("prompt")
+        else:
+            ids, text = prompt, None
+        ids = list(ids)
+        vocab = self.model.spec.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        return text, ids
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None) -> None:
+        params = params or SamplingParams()
+        if request_id in self._parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, ids = self._prompt_ids(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}, which "
+                             "leaves no room to generate")
+        parent = _Parent(request_id, text, ids, params)
+        for i in range(params.n):
+            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
+            request = Request(child_id, ids, params)
+            detok = None
+            if self.tokenizer is not None:
+                detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=params.skip_special_tokens,
+                                               stop=params.stop or (),
+                                               include_stop_str_in_output=params.include_stop_str_in_output)
+            generator = None
+            if params.seed is not None and not params.greedy:
+                generator = self.backend.make_generator(params.seed + i)
+            output = CompletionOutput(i, logprobs=[] if params.logprobs is not None else None,
+                                      cumulative_logprob=0.0 if params.logprobs is not None else None)
+            parent.sequences.append(_Sequence(request, output, detok, generator))
+        for seq in parent.sequences:
+            try:
+                self.scheduler.add_request(seq.request)
+            except ValueError:
+                for added in parent.sequences:
+                    self.scheduler.abort(added.request.request_id)
+                raise
+        self._parents[request_id] = parent
+        for seq in parent.sequences:
+            self._sequences[seq.request.request_id] = (parent, seq)
+        self.num_prompt_tokens += len(ids) * params.n
+
+    def abort_request(self, request_id: str) -> bool:
+        """Abort a request and free its KV blocks at once. Unknown ids are ignored (returns False)."""
+        parent = self._parents.pop(request_id, None)
+        if parent is None:
+            return False
+        for seq in parent.sequences:
+            self.scheduler.abort(seq.request.request_id)
+            self._sequences.pop(seq.request.request_id, None)
+            if seq.output.finish_reason is None:
+                seq.output.finish_reason = "abort"
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._parents)
+
+    # the step -------------------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step; returns an output for every request that produced a token this step."""
+        plan = self.scheduler.schedule()
+        if not plan.scheduled:
+            if self._parents:  # admission control guarantees progress; never spin silently
+                raise RuntimeError(f"the scheduler made no progress with {len(self._parents)} requests pending")
+            return []
+        rows = [(s.request.all_token_ids, s.start, s.num_new_tokens, self.kv.block_ids(s.request.request_id),
+                 s.samples) for s in plan.scheduled]
+        logits = self.runner.execute(rows)
+        self.scheduler.finish_step(plan)
+        sampling = [self._sequences[s.request.request_id] for s in plan.scheduled if s.samples]
+        if not sampling:
+            return []
+        states = [SamplingState(seq.request.sampling_params, seq.request.prompt_token_ids,
+                                seq.request.output_token_ids, seq.generator) for _, seq in sampling]
+        result = self.sampler(logits, states)
+        touched: dict[str, _Parent] = {}
+        for (parent, seq), token, logprobs in zip(sampling, result.token_ids, result.logprobs):
+            self._append(seq, token, logprobs)
+            touched[parent.request_id] = parent
+        outputs = []
+        for parent in touched.values():
+            outputs.append(parent.to_output())
+            if parent.finished:
+                del self._parents[parent.request_id]
+                for seq in parent.sequences:
+                    self._sequences.pop(seq.request.request_id, None)
+        return outputs
+
+    def _append(self, seq: _Sequence, token: int, logprobs: dict[int, float] | None) -> None:
+        request, out, params = seq.request, seq.output, seq.request.sampling_params
+        request.append_token(token)
+        out.token_ids.append(token)
+        self.num_generated_tokens += 1
+        if logprobs is not None and out.logprobs is not None:
+            out.logprobs.append(logprobs)
+            out.cumulative_logprob += logprobs[token]
+        reason, stop_reason = None, None
+        if seq.detokenizer is not None:
+            stop = seq.detokenizer.append(token)
+            out.text = seq.detokenizer.text
+            if stop.stopped:
+                reason, stop_reason = "stop", stop.stop_string
+        if reason is None:
+            if not params.ignore_eos and self.tokenizer is not None and token in self.tokenizer.eos_token_ids:
+                reason = "stop"
+            elif token in params.stop_token_ids:
+                reason, stop_reason = "stop", token
+            elif params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+                reason = "length"
+            elif request.num_tokens >= self.max_model_len:
+                reason = "length"
+        if reason is not None:
+            out.finish_reason, out.stop_reason = reason, stop_reason
+            self.scheduler.finish_request(request.request_id,
+                                          RequestStatus.FINISHED_STOPPED if reason == "stop"
+                                          else RequestStatus.FINISHED_LENGTH)
+            if seq.detokenizer is not None:
+                seq.detokenizer.flush()
+                out.text = seq.detokenizer.text

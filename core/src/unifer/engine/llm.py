@@ -1,0 +1,79 @@
+"""The offline API: ``LLM(model=PATH).generate(prompts, SamplingParams(...))``."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from unifer.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from unifer.engine.engine import LLMEngine, PromptType
+from unifer.engine.outputs import RequestOutput
+from unifer.sample.params import SamplingParams
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str,
+        backend: str | None = None,
+        dtype: str = "auto",
+        *,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        memory_fraction: float = 0.9,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 256,
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        config = EngineConfig(
+            model=ModelConfig(model=str(model), dtype=dtype, max_model_len=max_model_len, seed=seed),
+            cache=CacheConfig(block_size=block_size, num_blocks=num_blocks, memory_fraction=memory_fraction,
+                              enable_prefix_caching=enable_prefix_caching),
+            scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                                      enable_chunked_prefill=enable_chunked_prefill),
+            backend=backend,
+        )
+        self.engine = LLMEngine(config)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (strings, token-id lists or {"prompt_token_ids": [...]}); outputs in order."""
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
+                                                 and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params = [sampling_params or SamplingParams()] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
+        ids = [f"gen-{next(self._ids)}" for _ in prompts]
+        try:
+            for rid, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(rid, prompt, p)
+            finished: dict[str, RequestOutput] = {}
+            with tqdm(total=len(prompts), desc="generate", disable=not use_tqdm or len(prompts) < 2) as bar:
+                while self.engine.has_unfinished_requests():
+                    for out in self.engine.step():
+                        if out.finished:
+                            finished[out.request_id] = out
+                            bar.update(1)
+        except BaseException:
+            for rid in ids:
+                self.engine.abort_request(rid)
+            raise
+        return [finished[rid] for rid in ids]
