@@ -27,7 +27,7 @@ ARCHS: dict[str, dict] = {
 
 def make_checkpoint(folder: Path, architecture: str = "LlamaForCausalLM", *, seed: int = 0,
                     num_layers: int = 2, std: float = 0.1, max_positions: int = 512,
-                    shard_size: str = "300KB", **overrides) -> Path:
+                    shard_size: str = "300KB", save_dtype: torch.dtype | None = None, **overrides) -> Path:
     """Write config.json, >= 2 safetensors shards with an index, tokenizer.json and tokenizer_config.json."""
     import transformers
 
@@ -38,6 +38,8 @@ def make_checkpoint(folder: Path, architecture: str = "LlamaForCausalLM", *, see
     config_class = getattr(transformers, architecture.replace("ForCausalLM", "Config"))
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config_class(**kwargs)).eval()
+    if save_dtype is not None:
+        model = model.to(save_dtype)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, max_shard_size=shard_size)
     build_tokenizer(folder, vocab_size=VOCAB)

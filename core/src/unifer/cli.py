@@ -90,7 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("prompt", nargs="*", help="prompts (read from stdin when none)")
     p.set_defaults(func=_cmd_generate)
+
+    from unifer.server.cli import add_bench_parser, add_serve_parser
+
+    add_serve_parser(sub)
+    add_bench_parser(sub)
+    _add_conformance_parser(sub)
     return parser
+
+
+def _add_conformance_parser(sub) -> None:
+    try:  # the suite is its own distribution; the command exists either way and says how to get it
+        from unifer_conformance.cli import add_parser
+    except ImportError:
+        p = sub.add_parser("conformance", help="run the conformance suite (needs unifer-conformance)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda _args: _missing_conformance())
+        return
+    add_parser(sub)
+
+
+def _missing_conformance() -> int:
+    print("unifer conformance: the suite is not installed; pip install unifer-conformance", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,340 @@
+"""Triton paged attention on a CUDA GPU: correctness pre-check, then decode and prefill timings.
+
+Shape: Llama-3.2-1B attention (32 query heads, 8 KV heads, head_dim 64), bf16, block size 16.
+Every number is measured in the same run as its baseline:
+  * decode, batch 1/8/64 x context 1k/4k/16k: achieved K/V bandwidth (K/V bytes read / time) as a fraction of the
+    device-to-device copy bandwidth (bytes read + written / time of a 1 GiB copy), and time against torch SDPA over
+    the same K/V laid out contiguously [B, KH, ctx, D] (and FlashInfer's paged decode when importable);
+  * prefill, batch 4 x 1k/4k (causal): TFLOP/s against SDPA (flash backend where it takes the shape).
+Timings are triton.testing.do_bench medians.
+
+    python benchmarks/attention_cuda.py              # check, then benchmark (one table)
+    python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+from unifer.backends.backend import AttentionMetadata
+from unifer.kernels.triton import module, ops
+from unifer.ops import reference as ref
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 64, 16
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------------
+def make_paged(query_lens, context_lens, *, heads, kv_heads, head_dim, block_size, dtype, device, seed=0, nan=True):
+    """Random paged batch: shuffled block table, block 0 never used, unused slots NaN (when ``nan``)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seq_lens = [c + q for c, q in zip(context_lens, query_lens, strict=True)]
+    per_seq = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(per_seq) + 1
+    perm = (torch.randperm(num_blocks - 1, generator=gen) + 1).to(torch.int32)
+    table = torch.zeros(len(seq_lens), max(per_seq), dtype=torch.int32)
+    at = 0
+    for i, n in enumerate(per_seq):
+        table[i, :n] = perm[at : at + n]
+        at += n
+    dgen = torch.Generator(device=device).manual_seed(seed)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=dgen, device=device).to(dtype)
+    if nan:  # poison the tail of every sequence's last block and block 0
+        cache[:, 0] = float("nan")
+        for i, s in enumerate(seq_lens):
+            if s % block_size:
+                cache[:, int(table[i, per_seq[i] - 1]), s % block_size :] = float("nan")
+    total = sum(query_lens)
+    q = torch.randn(total, heads, head_dim, generator=dgen, device=device).to(dtype)
+    qsl = [0]
+    for n in query_lens:
+        qsl.append(qsl[-1] + n)
+    md = AttentionMetadata(
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_table=table.to(device),
+        slot_mapping=torch.full((total,), -1, dtype=torch.int64, device=device),
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        query_start_loc_host=qsl,
+        seq_lens_host=seq_lens,
+    )
+    return q, cache, md
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------------------------------------------
+ATT_TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3, torch.float32: 2e-4}
+
+
+def check(device: str, small: bool) -> bool:
+    att = module("attention")
+    table = ops()
+    dtypes = [torch.float32, torch.float16] if small else [torch.bfloat16, torch.float16, torch.float32]
+    cases = [
+        dict(query_lens=[1, 1, 1, 1], context_lens=[15, 16, 17, 300], heads=32, kv_heads=8, head_dim=64),
+        dict(query_lens=[37, 1, 5, 1], context_lens=[0, 100, 64, 33], heads=32, kv_heads=8, head_dim=64),
+        dict(query_lens=[20, 3], context_lens=[50, 0], heads=8, kv_heads=8, head_dim=80, block_size=32),
+        dict(query_lens=[9, 1], context_lens=[40, 70], heads=16, kv_heads=2, head_dim=128, sliding_window=24),
+        dict(query_lens=[4, 1], context_lens=[20, 90], heads=8, kv_heads=1, head_dim=96, soft_cap=30.0),
+        dict(query_lens=[1, 1], context_lens=[2000, 77], heads=32, kv_heads=8, head_dim=256, num_segments=16),
+        dict(
+            query_lens=[1, 2],
+            context_lens=[3000, 17],
+            heads=32,
+            kv_heads=8,
+            head_dim=64,
+            num_segments=None,
+            sliding_window=1000,
+        ),
+    ]
+    if small:
+        cases = [
+            dict(
+                c, context_lens=[min(x, 40) for x in c["context_lens"]], query_lens=[min(x, 9) for x in c["query_lens"]]
+            )
+            for c in cases[:5]
+        ]
+    ok = True
+    for dtype in dtypes:
+        for i, c in enumerate(cases):
+            c = dict(c)
+            window, cap = c.pop("sliding_window", None), c.pop("soft_cap", None)
+            segments = c.pop("num_segments", 1)
+            bs = c.pop("block_size", BLOCK)
+            for seg in [segments] if segments != 1 else [1, 8]:
+                q, cache, md = make_paged(**c, block_size=bs, dtype=dtype, device=device, seed=i)
+                scale = c["head_dim"] ** -0.5
+                want = ref.paged_attention(
+                    q.double(), cache.double(), md, scale=scale, sliding_window=window, soft_cap=cap
+                )
+                got = att.unified_attention(
+                    q, cache, md, scale=scale, sliding_window=window, soft_cap=cap, num_segments=seg
+                )
+                err = (got.double() - want).abs().max().item()
+                good = math.isfinite(err) and err <= ATT_TOL[dtype]
+                ok &= good
+                print(
+                    f"  {'ok  ' if good else 'FAIL'} attention case {i} {str(dtype)[6:]:<8} segments={seg}: "
+                    f"max err {err:.2e} (tol {ATT_TOL[dtype]:.0e})"
+                )
+        # the elementwise kernels at the Llama-3.2-1B shapes
+        g = torch.Generator(device="cpu").manual_seed(1)
+        n = 7 if small else 300
+
+        def rnd(*shape, g=g, dtype=dtype):
+            return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+        x, r, w = rnd(n, 2048), rnd(n, 2048), rnd(2048)
+        o, s = table["rms_norm"](x, w, 1e-5, r)
+        wo, ws = ref.rms_norm(x.double(), w.double(), 1e-5, r.double())
+        errs = {"rms_norm": max(_rel(o, wo), _rel(s, ws))}
+        qk = rnd(n, 48, 64)
+        pos = torch.randint(0, 4096, (n,), generator=g).to(device)
+        inv = 1.0 / (500000 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
+        f = torch.arange(4096, dtype=torch.float64)[:, None] * inv
+        cs = torch.cat((f.cos(), f.sin()), -1).to(device=device, dtype=torch.float32)
+        gq, gk = table["rotary_embedding"](pos, qk[:, :32], qk[:, 32:40], cs)
+        wq, wk = ref.rotary_embedding(pos, qk[:, :32].double(), qk[:, 32:40].double(), cs.double())
+        errs["rotary_embedding"] = max(_rel(gq, wq), _rel(gk, wk))
+        a = rnd(n, 2 * 8192 if not small else 2 * 96)
+        errs["silu_and_mul"] = _rel(table["silu_and_mul"](a), ref.silu_and_mul(a.double()))
+        k, v = rnd(n, 8, 64), rnd(n, 8, 64)
+        slots = torch.randperm(4 * 16 * 8, generator=g)[:n].to(device)
+        slots[::5] = -1
+        c1 = torch.full((2, 4 * 8, 16, 8, 64), float("nan"), device=device, dtype=dtype)
+        c2 = c1.clone()
+        table["write_kv"](k, v, c1, slots)
+        ref.write_kv(k, v, c2, slots)
+        errs["write_kv"] = 0.0 if torch.equal(c1.nan_to_num(7.0), c2.nan_to_num(7.0)) else float("inf")
+        tol = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}[dtype]
+        for name, err in errs.items():
+            good = math.isfinite(err) and err <= tol
+            ok &= good
+            print(f"  {'ok  ' if good else 'FAIL'} {name:<17} {str(dtype)[6:]:<8}: rel err {err:.2e} (tol {tol:.0e})")
+    return ok
+
+
+def _rel(got, want) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max().clamp(min=1.0)).item()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------------------------
+def bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")  # milliseconds
+
+
+def copy_bandwidth(device) -> float:
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * (1 << 30) / (ms * 1e-3)  # bytes read + written per second
+
+
+def sdpa(q, k, v, causal):
+    try:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    except TypeError:  # torch without enable_gqa
+        g = q.shape[1] // k.shape[1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), is_causal=causal
+        )
+
+
+def flashinfer_decode(q, cache, md, batch, ctx):
+    """A callable running FlashInfer's paged decode on the same cache, or an error string."""
+    try:
+        import flashinfer
+    except Exception:
+        return "not installed"
+    try:
+        device = q.device
+        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD")
+        per_seq = -(-ctx // BLOCK)
+        indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
+        indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
+        last = torch.full((batch,), ctx - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
+        wrapper.plan(indptr, indices, last, HEADS, KV_HEADS, HEAD_DIM, BLOCK, data_type=q.dtype, q_data_type=q.dtype)
+        kv = (cache[0], cache[1])
+        wrapper.run(q, kv)
+        return lambda: wrapper.run(q, kv)
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {str(exc)[:60]}"
+
+
+def run_benchmarks(device: str) -> None:
+    dtype = torch.bfloat16
+    props = torch.cuda.get_device_properties(device)
+    copy_bw = copy_bandwidth(device)
+    attention = ops()["paged_attention"]
+    print(
+        f"\ndevice: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
+        f"triton {__import__('triton').__version__}"
+    )
+    print(f"device-to-device copy bandwidth: {copy_bw / 1e9:.0f} GB/s (1 GiB copy, read + write)")
+    header = (
+        f"{'kind':<8}{'batch':>6}{'context':>9}{'triton ms':>11}{'GB/s':>8}{'% copy':>8}{'TFLOP/s':>9}"
+        f"{'SDPA ms':>9}{'SDPA/tri':>9}{'FI ms':>8}{'FI/tri':>8}"
+    )
+    rows = []
+    for batch in (1, 8, 64):
+        for ctx in (1024, 4096, 16384):
+            q, cache, md = make_paged(
+                [1] * batch,
+                [ctx - 1] * batch,
+                heads=HEADS,
+                kv_heads=KV_HEADS,
+                head_dim=HEAD_DIM,
+                block_size=BLOCK,
+                dtype=dtype,
+                device=device,
+                nan=False,
+            )
+            scale = HEAD_DIM**-0.5
+            t = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
+            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+            bw = kv_bytes / (t * 1e-3)
+            # the same K/V laid out contiguously for SDPA: [B, KH, ctx, D]
+            per_seq = -(-ctx // BLOCK)
+            k = cache[0][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :ctx]
+            v = cache[1][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :ctx]
+            k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+            qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
+            ts = bench(lambda qs=qs, k=k, v=v: sdpa(qs, k, v, False))
+            fi = flashinfer_decode(q, cache, md, batch, ctx)
+            tf = bench(fi) if callable(fi) else None
+            rows.append(
+                f"{'decode':<8}{batch:>6}{ctx:>9}{t:>11.4f}{bw / 1e9:>8.0f}{100 * bw / copy_bw:>7.0f}%"
+                f"{'':>9}{ts:>9.4f}{ts / t:>9.2f}" + (f"{tf:>8.4f}{tf / t:>8.2f}" if tf is not None else f"  {fi}")
+            )
+    for batch, seqlen in ((4, 1024), (4, 4096)):
+        q, cache, md = make_paged(
+            [seqlen] * batch,
+            [0] * batch,
+            heads=HEADS,
+            kv_heads=KV_HEADS,
+            head_dim=HEAD_DIM,
+            block_size=BLOCK,
+            dtype=dtype,
+            device=device,
+            nan=False,
+        )
+        scale = HEAD_DIM**-0.5
+        t = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
+        flops = 4 * batch * HEADS * HEAD_DIM * seqlen * seqlen / 2  # QK^T and PV, causal half
+        per_seq = -(-seqlen // BLOCK)
+        k = cache[0][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :seqlen]
+        v = cache[1][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :seqlen]
+        k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        qs = q.view(batch, seqlen, HEADS, HEAD_DIM).transpose(1, 2).contiguous()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                sdpa(qs, k, v, True)
+                ts = bench(lambda qs=qs, k=k, v=v: sdpa(qs, k, v, True))
+            label = "flash"
+        except RuntimeError:
+            ts = bench(lambda qs=qs, k=k, v=v: sdpa(qs, k, v, True))
+            label = "auto"
+        rows.append(
+            f"{'prefill':<8}{batch:>6}{seqlen:>9}{t:>11.4f}{'':>8}{'':>8}{flops / (t * 1e-3) / 1e12:>9.1f}"
+            f"{ts:>9.4f}{ts / t:>9.2f}  (SDPA {label}: {flops / (ts * 1e-3) / 1e12:.1f} TFLOP/s)"
+        )
+    print(header)
+    for row in rows:
+        print(row)
+    print("SDPA/tri and FI/tri > 1 mean the Triton kernel is faster; % copy = K/V bandwidth / copy bandwidth.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda (default); cpu runs a tiny check under TRITON_INTERPRET=1 (a dry run of this script)",
+    )
+    args = parser.parse_args()
+    small = args.device == "cpu"
+    if small:
+        _interpreter_compat()
+    print("correctness against unifer.ops.reference (float64):")
+    if not check(args.device, small):
+        print("correctness check FAILED: no timings")
+        return 1
+    print("correctness: all ok")
+    if args.check_only or small:
+        return 0
+    run_benchmarks(args.device)
+    return 0
+
+
+def _interpreter_compat() -> None:
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("--device cpu needs TRITON_INTERPRET=1 in the environment")
+    import triton.runtime.interpreter as interp
+
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope):  # NumPy >= 2.4 refuses int() of the interpreter's 1-element scalars
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interp._patch_lang_tensor = patched
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Launch configurations of the Triton kernels, keyed by (vendor, arch).
+
+A vendor is Triton's backend name ("cuda", "hip", "xpu", ...) and an arch is what Triton's ``GPUTarget`` carries
+(an int compute capability such as 90 for CUDA, a string such as "gfx942" for HIP). Lookup tries the exact
+(vendor, arch), then (vendor, None), then ("default", None), so a backend adds its tuned rows (e.g. ROCm CDNA
+configs) without touching the kernels. This module imports neither torch nor triton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    # Decode-only batches (max_query_len == 1): memory bound, small query blocks.
+    block_m: int = 16  # query rows per program (query tokens x query heads of one KV-head group)
+    tile_decode: int = 32  # KV positions per inner-loop step
+    num_warps: int = 4
+    num_stages: int = 1
+    # Batches with prefill tokens: larger query blocks so each KV tile serves more queries.
+    block_m_prefill: int = 64
+    tile_prefill: int = 32
+    num_warps_prefill: int = 4
+    num_stages_prefill: int = 1
+    # Split-KV: used when the batch has at most this many tokens and its longest context exceeds min_split_len.
+    split_max_tokens: int = 128
+    split_min_seq_len: int = 1024
+    num_segments: int = 16
+    reduce_num_warps: int = 4
+
+
+@dataclass(frozen=True)
+class ElementwiseConfig:
+    num_warps: int = 4
+    max_block: int = 8192  # the widest row one program handles in a single pass (rms_norm)
+
+
+@dataclass(frozen=True)
+class KernelConfigs:
+    attention: AttentionConfig = AttentionConfig()
+    elementwise: ElementwiseConfig = ElementwiseConfig()
+
+
+_DEFAULT = KernelConfigs()
+
+CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
+    ("default", None): _DEFAULT,
+    # Ampere (A100): 108 SMs, 164 KiB shared memory per SM.
+    ("cuda", 80): KernelConfigs(
+        attention=replace(
+            _DEFAULT.attention,
+            tile_decode=64,
+            num_warps=4,
+            num_stages=2,
+            block_m_prefill=64,
+            tile_prefill=64,
+            num_warps_prefill=4,
+            num_stages_prefill=2,
+        ),
+    ),
+    # Hopper (H100/H200): 132 SMs; deeper pipelining of the KV loads pays off.
+    ("cuda", 90): KernelConfigs(
+        attention=replace(
+            _DEFAULT.attention,
+            tile_decode=64,
+            num_warps=4,
+            num_stages=3,
+            block_m_prefill=128,
+            tile_prefill=64,
+            num_warps_prefill=8,
+            num_stages_prefill=3,
+        ),
+    ),
+    # Blackwell (B200).
+    ("cuda", 100): KernelConfigs(
+        attention=replace(
+            _DEFAULT.attention,
+            tile_decode=64,
+            num_warps=4,
+            num_stages=3,
+            block_m_prefill=128,
+            tile_prefill=64,
+            num_warps_prefill=8,
+            num_stages_prefill=3,
+        ),
+    ),
+    ("cuda", None): KernelConfigs(attention=replace(_DEFAULT.attention, num_stages=2)),
+    # HIP / CDNA rows go here, e.g. ("hip", "gfx942"): KernelConfigs(...), added by the ROCm backend.
+}
+
+
+def register(vendor: str, arch: int | str | None, configs: KernelConfigs) -> None:
+    """Add or replace the configs of one (vendor, arch); for backends tuning their own hardware."""
+    CONFIGS[(vendor, arch)] = configs
+
+
+def lookup(vendor: str | None, arch: int | str | None) -> KernelConfigs:
+    for key in ((vendor, arch), (vendor, None)):
+        if key in CONFIGS:
+            return CONFIGS[key]
+    return CONFIGS[("default", None)]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def attention_launch(cfg: AttentionConfig, *, head_dim: int, group: int, decode: bool) -> dict:
+    """Block shapes and launch options of the attention kernel for one batch kind (shared by the launcher and
+    the AOT compile check, so both build the same variants)."""
+    head_pad = max(_pow2(head_dim), 16)
+    block_m = max(cfg.block_m if decode else cfg.block_m_prefill, _pow2(group), 16)
+    tile = cfg.tile_decode if decode else cfg.tile_prefill
+    if head_pad >= 256:
+        tile = min(tile, 32)  # keeps the K and V tiles of a stage within shared memory
+        if not decode:
+            block_m = min(block_m, max(64, _pow2(group)))
+    return dict(
+        HEAD_PAD=head_pad,
+        BLOCK_M=block_m,
+        BLOCK_Q=block_m // group,
+        TILE=max(tile, 16),
+        num_warps=cfg.num_warps if decode else cfg.num_warps_prefill,
+        num_stages=cfg.num_stages if decode else cfg.num_stages_prefill,
+    )

@@ -1,0 +1,81 @@
+"""write_kv: scatter new K and V rows [T, KH, D] into the paged cache at flat slots; slot -1 is skipped."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from unifer.kernels.triton.util import current_configs, next_pow2
+
+
+@triton.jit
+def _write_kv_kernel(
+    key_ptr,
+    value_ptr,
+    kv_ptr,
+    slot_ptr,
+    k_stride0,
+    k_stride1,
+    v_stride0,
+    v_stride1,
+    kv_stride0,
+    kv_stride1,
+    kv_stride2,
+    kv_stride3,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    KH_PAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot < 0:
+        return
+    block = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    h = tl.arange(0, KH_PAD)
+    d = tl.arange(0, HEAD_PAD)
+    mask = (h < NUM_KV_HEADS)[:, None] & (d < HEAD_DIM)[None, :]
+    dst = block * kv_stride1 + offset * kv_stride2 + h[:, None] * kv_stride3 + d[None, :]
+    k = tl.load(key_ptr + t * k_stride0 + h[:, None] * k_stride1 + d[None, :], mask=mask)
+    tl.store(kv_ptr + dst, k.to(kv_ptr.dtype.element_ty), mask=mask)
+    v = tl.load(value_ptr + t * v_stride0 + h[:, None] * v_stride1 + d[None, :], mask=mask)
+    tl.store(kv_ptr + kv_stride0 + dst, v.to(kv_ptr.dtype.element_ty), mask=mask)
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place)."""
+    if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or key.shape != value.shape or key.dim() != 3:
+        raise ValueError(f"write_kv: key {tuple(key.shape)}, value {tuple(value.shape)}, cache {tuple(kv_cache.shape)}")
+    if key.shape[1:] != kv_cache.shape[3:]:
+        raise ValueError(f"write_kv: key {tuple(key.shape)} does not match cache {tuple(kv_cache.shape)}")
+    if kv_cache.stride(4) != 1:
+        raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
+    key = key if key.stride(2) == 1 else key.contiguous()
+    value = value if value.stride(2) == 1 else value.contiguous()
+    num_tokens = slot_mapping.shape[0]
+    if num_tokens == 0:
+        return
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    _write_kv_kernel[(num_tokens,)](
+        key,
+        value,
+        kv_cache,
+        slot_mapping,
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
+        kv_cache.stride(0),
+        kv_cache.stride(1),
+        kv_cache.stride(2),
+        kv_cache.stride(3),
+        NUM_KV_HEADS=num_kv_heads,
+        HEAD_DIM=head_dim,
+        KH_PAD=next_pow2(num_kv_heads),
+        HEAD_PAD=next_pow2(head_dim),
+        BLOCK_SIZE=block_size,
+        num_warps=current_configs(key.device).elementwise.num_warps,
+    )

@@ -1,0 +1,47 @@
+"""Small helpers shared by the Triton kernel wrappers (host side)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from unifer.kernels.triton.configs import KernelConfigs, lookup
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate in float32, or float64 for float64 inputs (as the reference does)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype: torch.dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """IEEE products for float32/float64 inputs (no TF32 loss); 16-bit inputs are exact either way."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+@functools.cache
+def _configs_for(device_type: str, index: int | None) -> KernelConfigs:
+    try:
+        from triton.runtime import driver
+
+        target = driver.active.get_current_target()
+        return lookup(target.backend, target.arch)
+    except Exception:  # interpreter, no driver, ...: the portable defaults
+        return lookup(None, None)
+
+
+def current_configs(device: torch.device) -> KernelConfigs:
+    """The launch configs of the (vendor, arch) that Triton targets for ``device``."""
+    if device.type == "cpu":
+        return lookup(None, None)
+    return _configs_for(device.type, device.index)

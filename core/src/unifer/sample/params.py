@@ -1,0 +1,64 @@
+"""SamplingParams: what a request asks of the sampler and the stop checks, validated at the API boundary.
+
+Field names and defaults follow vLLM/OpenAI so that user code carries over. Validation happens here, once, so the
+sampler and the engine can trust the values; every error names the offending field (pydantic prefixes it).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_LOGPROBS = 20
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    n: int = Field(1, ge=1, description="number of sequences to generate for the prompt")
+    max_tokens: int | None = Field(16, ge=1, description="None: generate up to max_model_len")
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
+    top_k: int = Field(0, description="0 or -1: off")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="top-N logprobs per generated token, plus the sampled token's")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    @field_validator("top_k")
+    @classmethod
+    def _check_top_k(cls, v: int) -> int:
+        if v < -1:
+            raise ValueError(f"top_k must be 0 or -1 (off) or >= 1, got {v}")
+        return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _normalise_stop(cls, v: object) -> object:
+        # One string is the common case in OpenAI requests; store a list so callers need not branch.
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            if any(isinstance(s, str) and s == "" for s in v):
+                raise ValueError("stop strings must be non-empty")
+            return list(v)
+        return v
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    @property
+    def uses_top_k_top_p_min_p(self) -> bool:
+        return self.top_k > 1 or self.top_p < 1.0 or self.min_p > 0.0

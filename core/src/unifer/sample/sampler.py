@@ -1,0 +1,141 @@
+"""The sampler: one vectorised pass over a batch of logits rows, each with its own SamplingParams.
+
+Pipeline (each stage runs only when some row needs it, so the all-greedy batch is one argmax):
+raw logprobs -> penalties -> greedy rows: argmax -> others: temperature, top-k/top-p/min-p, softmax, draw.
+The kernels come from the backend's ops table, so a backend can replace any stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unifer.sample.params import SamplingParams
+
+
+@dataclass
+class SamplingState:
+    """What the sampler needs to know about one row: its params, its tokens so far (for penalties) and its
+    private generator (seeded rows draw only from it, so their tokens do not depend on the rest of the batch)."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # per row: {token id: logprob} of the top-N plus the sampled token, or None when the row asked for none
+    logprobs: list[dict[int, float] | None]
+    # per row: the sampled token's logprob (raw logits), or None when the row asked for no logprobs
+    sampled_logprob: list[float | None] | None = None
+
+
+class Sampler:
+    def __init__(self, ops) -> None:
+        self.ops = ops
+
+    def __call__(self, logits: torch.Tensor, batch: list[SamplingState]) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(batch):
+            raise ValueError(f"logits must be [B, V] with B = {len(batch)} rows, got {tuple(logits.shape)}")
+        logits = logits.to(torch.float32)
+        params = [s.params for s in batch]
+
+        # Logprobs come from the raw logits, before penalties and temperature (vLLM's default).
+        raw_logprobs = None
+        if any(p.logprobs is not None for p in params):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+
+        if any(p.uses_penalties for p in params):
+            logits = self._apply_penalties(logits, batch)
+
+        greedy = [p.greedy for p in params]
+        if all(greedy):
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = self._sample(logits, params, greedy, [s.generator for s in batch])
+
+        token_list = tokens.tolist()
+        if raw_logprobs is None:
+            return SamplerOutput(token_list, [None] * len(batch), None)
+        return self._gather_logprobs(raw_logprobs, tokens, token_list, params)
+
+    # stages ----------------------------------------------------------------------------------------------------
+    def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
+        num_rows, vocab = logits.shape
+        device = logits.device
+        prompt_mask = torch.zeros(num_rows, vocab, dtype=torch.bool, device=device)
+        output_counts = torch.zeros(num_rows, vocab, dtype=torch.int32, device=device)
+        # Flatten (row, token) pairs once, so the scatter is a single call for the whole batch.
+        p_rows, p_ids, o_rows, o_ids = [], [], [], []
+        for row, s in enumerate(batch):
+            if not s.params.uses_penalties:
+                continue
+            p_rows.extend([row] * len(s.prompt_token_ids))
+            p_ids.extend(s.prompt_token_ids)
+            o_rows.extend([row] * len(s.output_token_ids))
+            o_ids.extend(s.output_token_ids)
+        if p_ids:
+            prompt_mask[torch.tensor(p_rows, device=device), torch.tensor(p_ids, device=device)] = True
+        if o_ids:
+            flat = torch.tensor(o_rows, device=device) * vocab + torch.tensor(o_ids, device=device)
+            output_counts = torch.bincount(flat, minlength=num_rows * vocab).view(num_rows, vocab).to(torch.int32)
+
+        def vec(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        params = [s.params for s in batch]
+        return self.ops.apply_penalties(
+            logits, prompt_mask, output_counts,
+            presence=vec([p.presence_penalty for p in params]),
+            frequency=vec([p.frequency_penalty for p in params]),
+            repetition=vec([p.repetition_penalty for p in params]),
+        )
+
+    def _sample(self, logits: torch.Tensor, params: list[SamplingParams], greedy: list[bool],
+                generators: list[torch.Generator | None]) -> torch.Tensor:
+        device = logits.device
+        greedy_tokens = logits.argmax(dim=-1) if any(greedy) else None
+        # Greedy rows get temperature 1 here; their draw is discarded below.
+        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)],
+                             dtype=torch.float32, device=device)
+        scaled = logits / temps[:, None]
+        if any(p.uses_top_k_top_p_min_p and not g for p, g in zip(params, greedy)):
+            scaled = self.ops.apply_top_k_top_p_min_p(
+                scaled,
+                top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int64, device=device),
+                top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+                min_p=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
+            )
+        probs = torch.softmax(scaled, dim=-1)
+        sampled = self.ops.random_sample(probs, [None if g else gen for g, gen in zip(greedy, generators)])
+        if greedy_tokens is None:
+            return sampled
+        is_greedy = torch.tensor(greedy, dtype=torch.bool, device=device)
+        return torch.where(is_greedy, greedy_tokens, sampled.to(greedy_tokens.dtype))
+
+    @staticmethod
+    def _gather_logprobs(raw_logprobs: torch.Tensor, tokens: torch.Tensor, token_list: list[int],
+                         params: list[SamplingParams]) -> SamplerOutput:
+        max_n = max(p.logprobs or 0 for p in params)
+        sampled = raw_logprobs.gather(-1, tokens.view(-1, 1).to(torch.int64)).squeeze(-1).tolist()
+        top_vals, top_ids = raw_logprobs.topk(max_n, dim=-1) if max_n else (None, None)
+        top_vals = top_vals.tolist() if top_vals is not None else None
+        top_ids = top_ids.tolist() if top_ids is not None else None
+        out_logprobs: list[dict[int, float] | None] = []
+        out_sampled: list[float | None] = []
+        for row, p in enumerate(params):
+            if p.logprobs is None:
+                out_logprobs.append(None)
+                out_sampled.append(None)
+                continue
+            entry = {}
+            if p.logprobs:
+                entry = dict(zip(top_ids[row][: p.logprobs], top_vals[row][: p.logprobs]))
+            entry[token_list[row]] = sampled[row]
+            out_logprobs.append(entry)
+            out_sampled.append(sampled[row])
+        return SamplerOutput(token_list, out_logprobs, out_sampled)

@@ -1,0 +1,87 @@
+"""The CUDA backend: NVIDIA GPUs through a CUDA build of torch, kernels from ``unifer.kernels.triton``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from unifer.backends import Availability, Backend, Capabilities
+
+
+class CUDABackend(Backend):
+    name = "cuda"
+    device_type = "cuda"
+    priority = 100
+    api_version = "1.0"
+    version = "0.1.0"
+    capabilities = Capabilities(
+        dtypes=("bfloat16", "float16", "float32"),
+        kv_cache_dtypes=("auto",),
+        head_sizes=(64, 80, 96, 128, 256),
+        block_sizes=(16, 32),
+        max_gqa_ratio=16,
+        sliding_window=True,
+        logit_soft_cap=True,
+        graph_capture=True,
+        communicator="nccl",
+    )
+
+    # identity and availability -------------------------------------------------------------------------------
+    def probe(self) -> Availability:
+        """Claims only NVIDIA devices: a CUDA build of torch (not ROCm's, which also answers torch.cuda) with a
+        visible device. Checks the build first, so a CPU-only or ROCm torch never initialises CUDA here."""
+        try:
+            if getattr(torch.version, "hip", None) is not None:
+                return Availability(False, f"torch {torch.__version__} is a ROCm (HIP) build; use the rocm backend")
+            if getattr(torch.version, "cuda", None) is None:
+                return Availability(False, f"torch {torch.__version__} is not built with CUDA")
+            if not torch.cuda.is_available():
+                return Availability(
+                    False, f"no CUDA device visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
+                )
+            count = torch.cuda.device_count()
+            name = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+        except Exception as exc:  # probe never raises
+            return Availability(False, f"CUDA probe failed: {type(exc).__name__}: {exc}")
+        if major < 8:
+            return Availability(
+                False, f"{name} has compute capability {major}.{minor}; the Triton kernels need 8.0 (Ampere) or newer"
+            )
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:
+            return Availability(False, f"{name} found, but triton is not importable: {exc}")
+        return Availability(True, f"{count} x {name} (sm_{major}{minor}, CUDA {torch.version.cuda})")
+
+    # device services -----------------------------------------------------------------------------------------
+    def init_device(self) -> None:
+        torch.cuda.set_device(torch.cuda.current_device())
+
+    def device_name(self) -> str:
+        try:
+            major, minor = torch.cuda.get_device_capability()
+            return f"{torch.cuda.get_device_name()} (sm_{major}{minor}, CUDA {torch.version.cuda})"
+        except Exception:
+            return "cuda (unavailable)"
+
+    def memory_info(self) -> tuple[int, int]:
+        free, total = torch.cuda.mem_get_info()
+        return int(free), int(total)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    # kernels -------------------------------------------------------------------------------------------------
+    def native_ops(self) -> dict[str, Callable[..., Any]]:
+        from unifer.kernels.triton import ops
+
+        return ops()

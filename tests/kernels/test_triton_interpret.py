@@ -1,0 +1,326 @@
+"""The portable Triton kernels, run by Triton's CPU interpreter on small shapes, against ``unifer.ops.reference``.
+
+TRITON_INTERPRET must be set before the kernels are decorated, and must not leak into other tests (the AOT
+compile check needs real JIT functions), so all cases run in ONE child process: this file executed as a script,
+with the variable set, printing one JSON line per case. The pytest side reports each case separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cases (run in the child process)
+# ----------------------------------------------------------------------------------------------------------------
+def _max_err(a, b) -> float:
+    import torch
+
+    if torch.isnan(a).any():
+        return float("inf")
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _tol(dtype) -> float:
+    import torch
+
+    return {torch.float64: 1e-9, torch.float32: 2e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+
+
+def _attention_case(
+    *,
+    seed: int,
+    query_lens: list[int],
+    context_lens: list[int],
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int = 16,
+    dtype: str = "float32",
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+    num_segments: int | None = 1,
+) -> float:
+    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
+    import torch
+    from unifer.backends.backend import AttentionMetadata
+    from unifer.kernels.triton import module
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [c + q for c, q in zip(context_lens, query_lens, strict=True)]
+    blocks_per_seq = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 3  # block 0 reserved (never used) + spares
+    perm = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()  # shuffled; block 0 unused
+    max_blocks = max(blocks_per_seq)
+    table = torch.zeros(len(seq_lens), max_blocks + 1, dtype=torch.int32)
+    for i, n in enumerate(blocks_per_seq):
+        table[i, :n] = torch.tensor([perm.pop() for _ in range(n)], dtype=torch.int32)
+    # Every slot starts NaN; only positions < seq_len are filled, so reading past a sequence's end shows.
+    cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=torch.float64)
+    for i, s in enumerate(seq_lens):
+        for p in range(s):
+            b, o = int(table[i, p // block_size]), p % block_size
+            cache[:, b, o] = torch.randn(2, num_kv_heads, head_dim, generator=gen, dtype=torch.float64)
+    total = sum(query_lens)
+    q = torch.randn(total, num_heads, head_dim, generator=gen, dtype=torch.float64)
+    qsl = [0]
+    for n in query_lens:
+        qsl.append(qsl[-1] + n)
+    md = AttentionMetadata(
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        block_table=table,
+        slot_mapping=torch.full((total,), -1, dtype=torch.int64),
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+    )
+    scale = head_dim**-0.5
+    expected = ref.paged_attention(q, cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
+    out = torch.full(q.shape, float("nan"), dtype=dt)
+    got = module("attention").unified_attention(
+        q.to(dt),
+        cache.to(dt),
+        md,
+        scale=scale,
+        sliding_window=sliding_window,
+        soft_cap=soft_cap,
+        num_segments=num_segments,
+        out=out,
+    )
+    assert got.data_ptr() == out.data_ptr()
+    err = _max_err(got, expected)
+    assert err <= _tol(dt), f"max error {err} > {_tol(dt)}"
+    return err
+
+
+ATTENTION_CASES: dict[str, dict] = {
+    "decode": dict(query_lens=[1, 1, 1], context_lens=[5, 16, 33], num_heads=4, num_kv_heads=4, head_dim=64),
+    "prefill": dict(query_lens=[7, 20], context_lens=[0, 0], num_heads=4, num_kv_heads=2, head_dim=64),
+    "mixed": dict(query_lens=[1, 9, 1, 3], context_lens=[20, 0, 7, 0], num_heads=4, num_kv_heads=2, head_dim=64),
+    "chunk_over_context": dict(query_lens=[6, 17], context_lens=[25, 16], num_heads=4, num_kv_heads=1, head_dim=64),
+    "gqa1_hd80": dict(query_lens=[3, 1], context_lens=[14, 30], num_heads=2, num_kv_heads=2, head_dim=80),
+    "gqa2_hd80": dict(query_lens=[5, 1], context_lens=[11, 17], num_heads=4, num_kv_heads=2, head_dim=80),
+    "gqa4": dict(query_lens=[4, 1, 2], context_lens=[13, 40, 0], num_heads=8, num_kv_heads=2, head_dim=64),
+    "gqa3_hd96": dict(query_lens=[5, 1], context_lens=[12, 20], num_heads=6, num_kv_heads=2, head_dim=96),
+    "block32": dict(query_lens=[5, 1], context_lens=[40, 31], num_heads=4, num_kv_heads=2, head_dim=64, block_size=32),
+    "sliding_window": dict(
+        query_lens=[9, 1, 1], context_lens=[30, 40, 3], num_heads=4, num_kv_heads=2, head_dim=64, sliding_window=8
+    ),
+    "soft_cap": dict(query_lens=[4, 1], context_lens=[10, 20], num_heads=4, num_kv_heads=2, head_dim=64, soft_cap=5.0),
+    "split_kv_decode": dict(
+        query_lens=[1, 1], context_lens=[70, 9], num_heads=4, num_kv_heads=1, head_dim=64, num_segments=4
+    ),
+    "split_kv_mixed_window_cap": dict(
+        query_lens=[3, 1],
+        context_lens=[50, 33],
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=80,
+        num_segments=4,
+        sliding_window=20,
+        soft_cap=10.0,
+    ),
+    "empty_sequence": dict(query_lens=[0, 2, 1], context_lens=[4, 3, 5], num_heads=2, num_kv_heads=1, head_dim=64),
+    "float64": dict(
+        query_lens=[3, 1], context_lens=[10, 21], num_heads=4, num_kv_heads=2, head_dim=64, dtype="float64"
+    ),
+    "bfloat16": dict(
+        query_lens=[2, 1], context_lens=[10, 21], num_heads=4, num_kv_heads=2, head_dim=64, dtype="bfloat16"
+    ),
+}
+
+
+def _rms_norm_case(seed: int, dtype: str, residual: bool) -> float:
+    import torch
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 3, 80, generator=gen).to(dt)
+    w = torch.randn(80, generator=gen).to(dt)
+    r = torch.randn(5, 3, 80, generator=gen).to(dt) if residual else None
+    got = ops()["rms_norm"](x, w, 1e-5, r)
+    want = ref.rms_norm(x.double(), w.double(), 1e-5, None if r is None else r.double())
+    if residual:
+        assert isinstance(got, tuple) and got[0].dtype == dt and got[1].dtype == dt
+        return max(_check(got[0], want[0], dt), _check(got[1], want[1], dt))
+    return _check(got, want, dt)
+
+
+def _check(got, want, dt) -> float:
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = _max_err(got, want) / max(1.0, float(want.abs().max()))
+    assert err <= _tol(dt), f"max error {err} > {_tol(dt)}"
+    return err
+
+
+def _rotary_case(seed: int, dtype: str) -> float:
+    import torch
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(7, 6 + 2 + 2, 80, generator=gen).to(dt)
+    q, k = qkv[:, :6], qkv[:, 6:8]  # strided views, as a fused QKV projection yields
+    inv = 1.0 / (10000 ** (torch.arange(0, 80, 2, dtype=torch.float64) / 80))
+    freqs = torch.arange(64, dtype=torch.float64)[:, None] * inv[None, :]
+    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(torch.float32)
+    pos = torch.randint(0, 64, (7,), generator=gen)
+    got_q, got_k = ops()["rotary_embedding"](pos, q, k, cache)
+    want_q, want_k = ref.rotary_embedding(pos, q.double(), k.double(), cache.double())
+    return max(_check(got_q, want_q, dt), _check(got_k, want_k, dt))
+
+
+def _silu_case(seed: int, dtype: str) -> float:
+    import torch
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    x = torch.randn(4, 3, 2 * 72, generator=torch.Generator().manual_seed(seed)).to(dt)
+    return _check(ops()["silu_and_mul"](x), ref.silu_and_mul(x.double()), dt)
+
+
+def _write_kv_case(seed: int, dtype: str) -> float:
+    import torch
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(6, 2, 80, generator=gen).to(dt)
+    v = torch.randn(6, 2, 80, generator=gen).to(dt)
+    slots = torch.tensor([5, -1, 16, 17, -1, 47], dtype=torch.int64)
+    want = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=dt)
+    got = want.clone()
+    ref.write_kv(k, v, want, slots)
+    ops()["write_kv"](k, v, got, slots)
+    assert torch.equal(got.isnan(), want.isnan()), "write_kv wrote (or skipped) different slots"
+    return _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt)
+
+
+def _ops_signatures() -> float:
+    import inspect
+
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    for name, fn in ops().items():
+        assert inspect.signature(fn) == inspect.signature(getattr(ref, name)), name
+    return 0.0
+
+
+def _all_cases() -> dict:
+    cases = {"ops_signatures": _ops_signatures}
+    for i, (name, kw) in enumerate(ATTENTION_CASES.items()):
+        cases[f"attention[{name}]"] = lambda kw=kw, i=i: _attention_case(seed=100 + i, **kw)
+    cases["attention[split_kv_heuristic]"] = lambda: _attention_case(
+        seed=7, query_lens=[1], context_lens=[40], num_heads=2, num_kv_heads=1, head_dim=64, num_segments=None
+    )
+    for dtype in ("float32", "float64"):
+        cases[f"rms_norm[{dtype}]"] = lambda d=dtype: _rms_norm_case(1, d, False)
+        cases[f"rms_norm_residual[{dtype}]"] = lambda d=dtype: _rms_norm_case(2, d, True)
+        cases[f"rotary_embedding[{dtype}]"] = lambda d=dtype: _rotary_case(3, d)
+        cases[f"silu_and_mul[{dtype}]"] = lambda d=dtype: _silu_case(4, d)
+        cases[f"write_kv[{dtype}]"] = lambda d=dtype: _write_kv_case(5, d)
+    cases["rms_norm_residual[bfloat16]"] = lambda: _rms_norm_case(6, "bfloat16", True)
+    return cases
+
+
+CASE_NAMES = list(_all_cases())
+
+
+def _numpy_compat() -> None:
+    """Triton 3.6's interpreter turns a scalar (a 1-element array) into a loop bound with int(array), which
+    NumPy >= 2.4 refuses for arrays of ndim > 0; wrap its tensor patching to take the element instead."""
+    import triton.runtime.interpreter as interp
+
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    if getattr(original, "__name__", "") != "patched":
+        interp._patch_lang_tensor = patched
+
+    # Its tl.dot multiplies bfloat16 operands as their raw uint16 bits; widen them to float32 first (exact).
+    import numpy as np
+    import triton.language as tl
+
+    builder = interp.InterpreterBuilder
+    original_dot = builder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(x):
+            if x.dtype == tl.bfloat16:
+                bits = x.data.astype(np.uint32) << np.uint32(16)
+                return interp.TensorHandle(bits.view(np.float32), tl.float32)
+            return x
+
+        return original_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    if not getattr(builder, "_unifer_dot", False):
+        builder.create_dot = create_dot
+        builder._unifer_dot = True
+
+
+def _child_main() -> None:
+    _numpy_compat()
+    for name, fn in _all_cases().items():
+        start = time.perf_counter()
+        try:
+            err = fn()
+            result = {"case": name, "ok": True, "error": err}
+        except Exception:
+            result = {"case": name, "ok": False, "traceback": traceback.format_exc()}
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        print("CASE " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pytest side
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be interpreted")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=900, cwd=HERE.parent
+    )
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("CASE "):
+            r = json.loads(line[5:])
+            results[r["case"]] = r
+    if not results:
+        pytest.fail(f"interpreter child produced no results (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    results["_stderr"] = proc.stderr
+    return results
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_kernel_matches_reference_in_interpreter(interpreter_results, case):
+    r = interpreter_results.get(case)
+    assert r is not None, f"case {case} did not run:\n{interpreter_results['_stderr'][-4000:]}"
+    assert r["ok"], r.get("traceback")
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1 (pytest does so)")
+    _child_main()
