@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from unifer.backends import API_VERSION, BackendSelectionError, Unsupported, discover, select_backend
 from unifer.backends.registry import api_compatible
 from unifer.ops import OP_NAMES, reference

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from hf_reference import hf_greedy
 from unifer import LLM, SamplingParams
 

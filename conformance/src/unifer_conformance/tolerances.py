@@ -32,7 +32,9 @@ _CAL = "1.5x calibrate (reference op in this dtype vs float64, grid inputs)"
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # (op, dtype): Tolerance(bound max abs, bound nse, observed max abs, observed nse, source). Observed: calibrate
     # with --seeds 5 over the reference ops and the CPU backend (torch 2.13, x86-64).
-    ("rms_norm", "float32"): Tolerance(2e-6, 1e-14, 1.29e-6, 5.84e-15, _CAL),
+    # float32 nse raised from 1e-14 to 4e-14 after the H100 run (2026-11-23): Triton's rsqrt is the hardware's
+    # approximate one (~2 ulp), observed 1.61e-14 on a 3000-wide row; still ~1e9 below a 1% scale error.
+    ("rms_norm", "float32"): Tolerance(2e-6, 4e-14, 1.29e-6, 1.61e-14, _CAL + "; GPU rsqrt.approx"),
     ("rms_norm", "bfloat16"): Tolerance(7e-2, 1.7e-5, 4.65e-2, 1.10e-5, _CAL + "; 2 roundings (norm, weight)"),
     ("rms_norm", "float16"): Tolerance(1e-2, 2.2e-7, 6.42e-3, 1.46e-7, _CAL + "; 2 roundings (norm, weight)"),
     # rotary: float32 cos/sin table; the output rounded once to the dtype.
@@ -66,6 +68,10 @@ NSE_MIN_ELEMENTS = 256
 # Sampling: statistical, not numeric.
 CHI_SQUARE_ALPHA = 1e-4  # a correct sampler fails one distribution case in 10,000 runs; fixed seeds make it stable
 TOP_N_AT_DIVERGENCE = 5  # e2e: at the first differing greedy token each side's token is in the other's top-5
+# e2e in bfloat16 / float16: two correct engines round matmuls differently, so greedy paths can split wherever two
+# tokens are tied within that rounding. A split passes only between such near-ties: each token in the other's
+# top-N and the reference's own logprob gap between the two within the dtype's logprob tolerance (float32 must
+# match exactly). Observed on an H100 (bf16): splits with gaps under 0.05 as early as step 1.
 
 
 def tolerance(op: str, dtype: str) -> Tolerance:

@@ -25,7 +25,9 @@ class CacheConfig(_Config):
     num_blocks: int | None = Field(default=None, gt=1, description="Explicit size; overrides memory_fraction")
     memory_fraction: float = Field(
         default=0.9, gt=0.0, le=1.0,
-        description="Share of the device memory left free after loading the model that the KV cache may take")
+        description="Share of device memory the engine may use (vLLM's gpu_memory_utilization). GPU backends "
+                    "count the device's total memory, less weights and the profiled activation peak; host "
+                    "backends count the memory free after loading")
     max_cache_bytes: int | None = Field(
         default=None, gt=0, description="Upper bound on the KV cache size in bytes (host-memory backends use it)")
     enable_prefix_caching: bool = True
@@ -42,6 +44,7 @@ class EngineConfig(_Config):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     backend: str | None = None
+    enforce_eager: bool = Field(default=False, description="Never capture or replay graphs (debugging)")
 
     @model_validator(mode="after")
     def _budget_fits(self) -> EngineConfig:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,6 +84,9 @@ class Backend:
     api_version: ClassVar[str] = API_VERSION
     version: ClassVar[str] = "0"
     capabilities: Capabilities = Capabilities()
+    # The runner runs the model under torch.inference_mode where this is True, else under torch.no_grad (some
+    # devices' lazy-tensor layers reject inference tensors; the results are the same).
+    inference_mode: ClassVar[bool] = True
 
     # identity and availability -------------------------------------------------------------------------------
     def probe(self) -> Availability:
@@ -108,6 +112,14 @@ class Backend:
         free, _ = self.memory_info()
         return int(free * memory_fraction)
 
+    def reset_peak_memory(self) -> None:
+        """Start a peak measurement; the engine profiles one full-budget forward pass to size the KV cache."""
+
+    def peak_memory(self) -> int | None:
+        """Peak bytes allocated on the device since ``reset_peak_memory``; None where unknown (then no
+        activation reserve is subtracted from the KV-cache budget)."""
+        return None
+
     def synchronize(self) -> None:
         """Wait for all queued device work."""
 
@@ -126,6 +138,11 @@ class Backend:
     def native_ops(self) -> dict[str, Callable[..., Any]]:
         return {}
 
+    def op_sources(self) -> dict[str, str]:
+        """Optional: op name -> the kernel library behind that native op (e.g. "ipex", "triton"), shown by
+        ``unifer backends`` instead of "native". Only ops returned by ``native_ops()`` may be named."""
+        return {}
+
     def kv_cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
         """Shape of one layer's KV cache; the layout must match this backend's write_kv and paged_attention."""
         return (2, num_blocks, block_size, num_kv_heads, head_dim)
@@ -134,7 +151,7 @@ class Backend:
     def ops(self):
         from unifer.ops.table import resolve_ops
 
-        return resolve_ops(self.native_ops())
+        return resolve_ops(self.native_ops(), self.op_sources())
 
     def check_supported(
         self,
@@ -166,8 +183,29 @@ class Backend:
         """Transform the step's metadata once (e.g. pad to compile buckets). Default: unchanged."""
         return metadata
 
+    def pad_batch(self, *, num_tokens: int, num_seqs: int, max_blocks: int,
+                  num_samples: int) -> tuple[int, int, int, int]:
+        """(tokens, sequences, block-table columns, logits rows) the runner pads a step's host tensors to, so
+        that a backend compiling one graph per shape sees few shapes. Padding is inert: token slot -1, empty
+        sequences, null block 0; the sampler ignores logits rows past its batch. Default: no padding."""
+        return num_tokens, num_seqs, max_blocks, num_samples
+
+    def end_step(self) -> None:
+        """Called by the runner once a step's model work (KV writes, logits) is queued. A lazily tracing
+        backend cuts and launches its graph here. Default: nothing."""
+
+    def warm_up(self, *, runner, sampler, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
+                block_size: int) -> None:
+        """Called once by the engine before the first request, with the runner and sampler it will use and
+        the scheduler's limits: a compiling backend fixes its shape buckets and compiles them. Default:
+        nothing."""
+
     def graph_runner(self):
-        """An object that captures and replays decode steps, or None when this backend has none."""
+        """An object that captures decode steps, or None when this backend has none.
+
+        It has one method, ``capture(fn) -> replay``: ``fn`` runs the model on static input buffers and returns
+        its output tensor; ``replay()`` re-runs the captured work on whatever the buffers hold now and returns
+        the same output tensor. The runner captures one per decode batch bucket and pads batches to them."""
         return None
 
     def communicator(self):

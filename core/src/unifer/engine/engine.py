@@ -82,7 +82,14 @@ class LLMEngine:
         self.kv = KVCacheManager(self.num_blocks, block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, self.max_model_len)
         self.runner = ModelRunner(self.model, self.backend, self.kv_caches, block_size, self.device)
+        graph_runner = None if config.enforce_eager else self.backend.graph_runner()
+        if graph_runner is not None:
+            self.runner.capture_decode_graphs(graph_runner, config.scheduler.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.backend.ops)
+        sched = config.scheduler
+        self.backend.warm_up(runner=self.runner, sampler=self.sampler, max_model_len=self.max_model_len,
+                             max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
+                             block_size=block_size)
         self._parents: dict[str, _Parent] = {}
         self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
         self.num_generated_tokens = 0
@@ -94,7 +101,7 @@ class LLMEngine:
             return cache.num_blocks
         per_block = math.prod(self.backend.kv_cache_shape(1, cache.block_size, spec.kv_heads, spec.head_dim))
         bytes_per_block = per_block * spec.layers * self.dtype.itemsize
-        budget = self.backend.kv_cache_budget(cache.memory_fraction)
+        budget = self.backend.kv_cache_budget(cache.memory_fraction) - self._profile_activation_bytes(spec)
         if cache.max_cache_bytes:
             budget = min(budget, cache.max_cache_bytes)
         blocks_per_seq = -(-self.max_model_len // cache.block_size)
@@ -106,6 +113,36 @@ class LLMEngine:
                 f"max_model_len {self.max_model_len} needs ({blocks_per_seq}); lower max_model_len or give the "
                 "cache more memory")
         return num_blocks
+
+    @torch.inference_mode()
+    def _profile_activation_bytes(self, spec) -> int:
+        """Peak memory of the largest step the scheduler can issue (a full token budget spread over the most
+        sequences, every one sampling), run on a throwaway cache; the KV cache must leave room for it."""
+        backend, block_size = self.backend, self.config.cache.block_size
+        backend.synchronize()
+        backend.reset_peak_memory()
+        base = backend.peak_memory()
+        if base is None:
+            return 0
+        tokens = min(self.config.scheduler.max_num_batched_tokens, self.max_model_len)
+        seqs = min(self.config.scheduler.max_num_seqs, tokens)
+        lengths = [tokens // seqs + (i < tokens % seqs) for i in range(seqs)]
+        shape = backend.kv_cache_shape(tokens // block_size + seqs + 1, block_size, spec.kv_heads, spec.head_dim)
+        caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(spec.layers)]
+        rows, next_block = [], 1
+        for n in lengths:
+            count = -(-n // block_size)
+            rows.append(([0] * n, 0, n, list(range(next_block, next_block + count)), True))
+            next_block += count
+        logits = ModelRunner(self.model, backend, caches, block_size, self.device).execute(rows)
+        # The sampler's softmax, sort and top-k work on copies of the logits.
+        sampler_bytes = 3 * logits.numel() * logits.element_size()
+        backend.synchronize()
+        peak = backend.peak_memory() or base
+        del caches, logits
+        backend.empty_cache()
+        kv_bytes = math.prod(shape) * spec.layers * self.dtype.itemsize
+        return max(0, peak - base - kv_bytes) + sampler_bytes
 
     # requests -------------------------------------------------------------------------------------------------
     def _prompt_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:

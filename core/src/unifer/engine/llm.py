@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
@@ -29,7 +29,11 @@ class LLM:
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 256,
         enable_chunked_prefill: bool = True,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool = False,
     ) -> None:
+        if gpu_memory_utilization is not None:  # vLLM's name for the same setting
+            memory_fraction = gpu_memory_utilization
         config = EngineConfig(
             model=ModelConfig(model=str(model), dtype=dtype, max_model_len=max_model_len, seed=seed),
             cache=CacheConfig(block_size=block_size, num_blocks=num_blocks, memory_fraction=memory_fraction,
@@ -37,6 +41,7 @@ class LLM:
             scheduler=SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                                       enable_chunked_prefill=enable_chunked_prefill),
             backend=backend,
+            enforce_eager=enforce_eager,
         )
         self.engine = LLMEngine(config)
         self._ids = itertools.count()

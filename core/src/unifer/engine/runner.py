@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from unifer.backends.backend import AttentionMetadata, Backend
+
+
+def decode_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes that decode graphs are captured for: 1, 2, 4, 8, then every multiple of 8 up to the cap."""
+    cap = min(max_num_seqs, MAX_GRAPH_BATCH)
+    sizes = [b for b in (1, 2, 4) if b < cap] + list(range(8, cap + 1, 8))
+    return sorted(set(sizes) | {cap})
+
+
+MAX_GRAPH_BATCH = 256  # larger decode batches are compute bound: a graph saves little there
+
+
+def _no_grad(method):
+    """torch.inference_mode, or torch.no_grad where the backend opts out of inference tensors."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with torch.no_grad(), torch.inference_mode(self.backend.inference_mode):
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class ModelRunner:
@@ -16,14 +39,73 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning hidden states
+        self._static: dict[str, torch.Tensor] = {}
+
+    # decode graphs --------------------------------------------------------------------------------------------
+    @property
+    def graph_buckets(self) -> list[int]:
+        return sorted(self._graphs)
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int) -> None:
+        """Capture one decode step per batch bucket, largest first so smaller ones reuse its memory pool.
+
+        Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
+        launch from it (split-KV) pick a launch valid for any context the replay will see."""
+        buckets = decode_buckets(max_num_seqs)
+        top = buckets[-1]
+        max_blocks = -(-max_model_len // self.block_size)
+        new = functools.partial(torch.zeros, device=self.device)
+        st = self._static = {
+            "input_ids": new(top, dtype=torch.int64), "positions": new(top, dtype=torch.int64),
+            "slots": new(top, dtype=torch.int64), "seq_lens": new(top, dtype=torch.int32),
+            "query_start": torch.arange(top + 1, dtype=torch.int32, device=self.device),
+            "block_table": new(top, max_blocks, dtype=torch.int32),
+        }
+        st["seq_lens"].fill_(1)
+        for b in reversed(buckets):
+            metadata = self.backend.build_metadata(AttentionMetadata(
+                query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
+                block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
+                max_seq_len=max_model_len))
+            step = functools.partial(self.model, st["input_ids"][:b], st["positions"][:b], self.kv_caches, metadata)
+            self._graphs[b] = graph_runner.capture(step)
+
+    def _replay_decode(self, batch) -> torch.Tensor | None:
+        n = len(batch)
+        bucket = next((b for b in sorted(self._graphs) if b >= n), None)
+        if bucket is None:
+            return None
+        st = self._static
+        width = st["block_table"].shape[1]
+        ids = np.zeros(bucket, dtype=np.int64)
+        pos = np.zeros(bucket, dtype=np.int64)
+        slots = np.full(bucket, -1, dtype=np.int64)  # padding rows write nothing
+        seq_lens = np.ones(bucket, dtype=np.int32)  # and read one slot of the null block
+        table = np.zeros((bucket, width), dtype=np.int32)
+        bs = self.block_size
+        for i, (tokens, start, _, blocks, _) in enumerate(batch):
+            ids[i], pos[i], seq_lens[i] = tokens[start], start, start + 1
+            table[i, :len(blocks)] = blocks
+            slots[i] = blocks[start // bs] * bs + start % bs
+        for name, array in (("input_ids", ids), ("positions", pos), ("slots", slots), ("seq_lens", seq_lens),
+                            ("block_table", table)):
+            st[name][:bucket].copy_(torch.from_numpy(array), non_blocking=True)
+        hidden = self._graphs[bucket]()
+        return self.model.compute_logits(hidden[:n])
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)
 
-    @torch.inference_mode()
+    @_no_grad
     def execute(self, batch: list[tuple[list[int], int, int, list[int], bool]]) -> torch.Tensor:
         """Run one step. ``batch`` rows: (all token ids, start, num_new_tokens, block ids, samples).
         Returns float32 logits for the rows that sample, in batch order."""
+        if self._graphs and all(n == 1 and samples for _, _, n, _, samples in batch):
+            logits = self._replay_decode(batch)
+            if logits is not None:
+                return logits
         bs = self.block_size
         query_lens = np.fromiter((n for _, _, n, _, _ in batch), dtype=np.int64, count=len(batch))
         starts = np.fromiter((s for _, s, _, _, _ in batch), dtype=np.int64, count=len(batch))
@@ -31,12 +113,18 @@ class ModelRunner:
         query_start = np.zeros(len(batch) + 1, dtype=np.int64)
         np.cumsum(query_lens, out=query_start[1:])
         total = int(query_start[-1])
-
-        input_ids = np.empty(total, dtype=np.int64)
-        positions = np.empty(total, dtype=np.int64)
-        slots = np.empty(total, dtype=np.int64)
         max_blocks = max(len(b) for _, _, _, b, _ in batch)
-        block_table = np.zeros((len(batch), max_blocks), dtype=np.int32)  # block 0 is the null block
+        sample_rows = [i for i, row in enumerate(batch) if row[4]]
+        # A compiling backend pads to its shape buckets: inert tokens (slot -1), empty sequences, null blocks.
+        num_tokens, num_seqs, width, num_samples = self.backend.pad_batch(
+            num_tokens=total, num_seqs=len(batch), max_blocks=max_blocks, num_samples=len(sample_rows))
+        query_start = np.pad(query_start, (0, num_seqs - len(batch)), mode="edge")
+        seq_lens = np.pad(seq_lens, (0, num_seqs - len(batch)))
+
+        input_ids = np.zeros(num_tokens, dtype=np.int64)
+        positions = np.zeros(num_tokens, dtype=np.int64)
+        slots = np.full(num_tokens, -1, dtype=np.int64)
+        block_table = np.zeros((num_seqs, width), dtype=np.int32)  # block 0 is the null block
         for i, (tokens, start, n, blocks, _) in enumerate(batch):
             lo, hi = query_start[i], query_start[i + 1]
             input_ids[lo:hi] = tokens[start:start + n]
@@ -57,6 +145,7 @@ class ModelRunner:
         metadata = self.backend.build_metadata(metadata)
         hidden = self.model(self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64),
                             self.kv_caches, metadata)
-        sample_rows = [i for i, row in enumerate(batch) if row[4]]
-        last = torch.as_tensor(query_start[1:][sample_rows] - 1, device=self.device)
-        return self.model.compute_logits(hidden[last])
+        last = np.pad(query_start[1:][sample_rows] - 1, (0, num_samples - len(sample_rows)))
+        logits = self.model.compute_logits(hidden[torch.as_tensor(last, device=self.device)])
+        self.backend.end_step()
+        return logits

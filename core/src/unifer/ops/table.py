@@ -7,8 +7,9 @@ returns any subset; the rest fall back to the reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from unifer.ops import reference
 
@@ -35,14 +36,23 @@ class Ops:
     apply_top_k_top_p_min_p: Callable[..., Any]
     random_sample: Callable[..., Any]
     native: frozenset[str] = frozenset()
+    # (op, label) pairs naming where a native op's kernel comes from ("ipex", "triton", ...), for `unifer backends`.
+    sources: tuple[tuple[str, str], ...] = ()
 
     def source(self, name: str) -> str:
-        return "native" if name in self.native else "fallback"
+        """Where op ``name`` comes from: "fallback" (the reference), the backend's label, or "native"."""
+        if name not in self.native:
+            return "fallback"
+        return dict(self.sources).get(name, "native")
 
 
-def resolve_ops(native: dict[str, Callable[..., Any]]) -> Ops:
+def resolve_ops(native: dict[str, Callable[..., Any]], sources: dict[str, str] | None = None) -> Ops:
     unknown = set(native) - set(OP_NAMES)
     if unknown:
         raise ValueError(f"unknown op name(s) {sorted(unknown)}; the contract's ops are {list(OP_NAMES)}")
+    sources = sources or {}
+    stray = set(sources) - set(native)
+    if stray:
+        raise ValueError(f"op source label(s) for {sorted(stray)}, which native_ops() does not provide")
     table = {name: native.get(name) or getattr(reference, name) for name in OP_NAMES}
-    return Ops(**table, native=frozenset(native))
+    return Ops(**table, native=frozenset(native), sources=tuple(sorted(sources.items())))

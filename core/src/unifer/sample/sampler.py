@@ -34,13 +34,19 @@ class SamplerOutput:
     sampled_logprob: list[float | None] | None = None
 
 
+_PADDING_ROW = SamplingState(SamplingParams(temperature=0.0), [], [])
+
+
 class Sampler:
     def __init__(self, ops) -> None:
         self.ops = ops
 
     def __call__(self, logits: torch.Tensor, batch: list[SamplingState]) -> SamplerOutput:
-        if logits.dim() != 2 or logits.shape[0] != len(batch):
-            raise ValueError(f"logits must be [B, V] with B = {len(batch)} rows, got {tuple(logits.shape)}")
+        if logits.dim() != 2 or logits.shape[0] < len(batch):
+            raise ValueError(f"logits must be [B, V] with B >= {len(batch)} rows, got {tuple(logits.shape)}")
+        num_rows = len(batch)
+        # Rows past the batch are a backend's static-shape padding: sampled greedily, then dropped.
+        batch = list(batch) + [_PADDING_ROW] * (logits.shape[0] - num_rows)
         logits = logits.to(torch.float32)
         params = [s.params for s in batch]
 
@@ -60,8 +66,9 @@ class Sampler:
 
         token_list = tokens.tolist()
         if raw_logprobs is None:
-            return SamplerOutput(token_list, [None] * len(batch), None)
-        return self._gather_logprobs(raw_logprobs, tokens, token_list, params)
+            return SamplerOutput(token_list[:num_rows], [None] * num_rows, None)
+        out = self._gather_logprobs(raw_logprobs, tokens, token_list, params)
+        return SamplerOutput(out.token_ids[:num_rows], out.logprobs[:num_rows], out.sampled_logprob[:num_rows])
 
     # stages ----------------------------------------------------------------------------------------------------
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:

@@ -35,7 +35,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="most requests waiting for a batch slot; beyond it requests get 503 + Retry-After")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks (default: from memory)")
-    p.add_argument("--memory-fraction", type=float, default=0.9)
+    p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float, default=0.9,
+                   help="share of device memory the engine may use (weights, activations, KV cache)")
+    p.add_argument("--enforce-eager", action="store_true", help="never capture decode graphs")
     p.add_argument("--max-cache-bytes", type=int, default=None)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
@@ -58,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           memory_fraction=args.memory_fraction, max_cache_bytes=args.max_cache_bytes,
                           enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
-        backend=args.backend)
+        backend=args.backend, enforce_eager=args.enforce_eager)
     engine = AsyncLLMEngine(LLMEngine(config), max_waiting=args.max_waiting)
     api_key = args.api_key or os.environ.get("UNIFER_API_KEY") or None
     app = build_app(engine, args.served_model_name or args.model, api_key=api_key,

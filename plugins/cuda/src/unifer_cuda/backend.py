@@ -70,6 +70,23 @@ class CUDABackend(Backend):
         free, total = torch.cuda.mem_get_info()
         return int(free), int(total)
 
+    def kv_cache_budget(self, memory_fraction: float) -> int:
+        # vLLM's gpu_memory_utilization: a share of the whole device, less what is in use already (weights,
+        # the CUDA context, other processes); the engine then subtracts its profiled activation peak.
+        free, total = torch.cuda.mem_get_info()
+        return int(total * memory_fraction) - (total - free)
+
+    def reset_peak_memory(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated())
+
+    def graph_runner(self):
+        from unifer_cuda.graphs import CUDAGraphRunner
+
+        return CUDAGraphRunner()
+
     def synchronize(self) -> None:
         torch.cuda.synchronize()
 

@@ -3,9 +3,11 @@
 ``triton.compile(ASTSource(...), target=GPUTarget(...))`` runs the whole pipeline (TTIR -> TTGIR -> LLVM -> PTX ->
 cubin with the ptxas that ships in the triton wheel) on a machine without a device, so a kernel change that no
 longer compiles for an architecture fails CI. The target list is a parameter: the CUDA backend checks
-``GPUTarget("cuda", 80|90|100, 32)``; a ROCm backend can pass ``GPUTarget("hip", "gfx942", 64)``.
+``GPUTarget("cuda", 80|90|100, 32)``; the ROCm backend checks ``GPUTarget("hip", "gfx90a|gfx942|gfx950", 64)``
+(LLVM's AMDGPU backend and lld are linked into libtriton, so no ROCm install is needed either).
 
     python -m unifer.kernels.triton.compile_check            # the CUDA targets, one line per build
+    python -m unifer.kernels.triton.compile_check hip        # the CDNA targets (or: all)
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from unifer.kernels.triton import module
 from unifer.kernels.triton.configs import KernelConfigs, attention_launch, lookup
 
 CUDA_ARCHS: tuple[int, ...] = (80, 90, 100)
-# Shared memory a block may use (opt-in maximum), bytes.
+HIP_ARCHS: tuple[str, ...] = ("gfx90a", "gfx942", "gfx950")  # CDNA2 (MI200), CDNA3 (MI300), CDNA4 (MI350)
+# Shared memory (LDS on HIP) a block may use (opt-in maximum), bytes.
 SHARED_LIMITS: dict[tuple[str, Any], int] = {
     ("cuda", 80): 163 * 1024,
     ("cuda", 90): 227 * 1024,
     ("cuda", 100): 227 * 1024,
+    ("hip", "gfx90a"): 64 * 1024,
     ("hip", "gfx942"): 64 * 1024,
+    ("hip", "gfx950"): 160 * 1024,
 }
 
 
@@ -62,7 +67,17 @@ class BuildResult:
         return (
             f"ok   {self.target:<14} {self.kernel:<48} regs={self.registers} shared={self.shared_bytes}"
             f"/{self.shared_limit} spill={self.spill_bytes} warps={self.num_warps}"
+            + (f" occupancy={self.extra['occupancy']}" if "occupancy" in self.extra else "")
         )
+
+
+def _launcher_dot_precision(dtype: str) -> str:
+    """What the attention launcher passes for this dtype, so a precision a target refuses fails here too."""
+    import torch
+
+    from unifer.kernels.triton.util import dot_precision
+
+    return dot_precision({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
 
 
 def _attention_spec(
@@ -118,7 +133,7 @@ def _attention_spec(
         USE_SOFT_CAP=soft_cap,
         USE_WINDOW=window,
         NUM_SEGMENTS=segments,
-        DOT_PREC="ieee" if dtype == "fp32" else "tf32",
+        DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
     )
     variant = (
@@ -278,11 +293,19 @@ def _cuda_resources(cubin: bytes) -> dict[str, int]:
 
 
 def _hip_resources(asm: str) -> dict[str, int]:
+    """Register, LDS, spill and occupancy figures that LLVM's AMDGPU backend writes into the assembly (the
+    loader's n_regs/n_spills need a device, these do not). vgpr counts arch + accumulation VGPRs (512 per lane
+    on CDNA); sgpr_spill is SGPRs spilled to VGPR lanes, vgpr_spill and scratch go to memory."""
     found = {}
     for key, pattern in (
-        ("vgpr", r"NumVgprs:\s*(\d+)"),
-        ("sgpr", r"NumSgprs:\s*(\d+)"),
-        ("scratch", r"ScratchSize:\s*(\d+)"),
+        ("vgpr", r"\.vgpr_count:\s*(\d+)"),
+        ("agpr", r"\.agpr_count:\s*(\d+)"),
+        ("sgpr", r"\.sgpr_count:\s*(\d+)"),
+        ("vgpr_spill", r"\.vgpr_spill_count:\s*(\d+)"),
+        ("sgpr_spill", r"\.sgpr_spill_count:\s*(\d+)"),
+        ("scratch", r"\.private_segment_fixed_size:\s*(\d+)"),
+        ("lds_static", r"\.group_segment_fixed_size:\s*(\d+)"),
+        ("occupancy", r"; Occupancy:\s*(\d+)"),
     ):
         m = re.search(pattern, asm)
         if m:
@@ -332,6 +355,8 @@ def compile_one(spec: KernelSpec, target) -> BuildResult:
             res = _hip_resources(compiled.asm["amdgcn"])
             result.registers = res.get("vgpr")
             result.spill_bytes = res.get("scratch")
+            if result.shared_bytes is not None:  # Triton's dynamic LDS plus any static LDS of the kernel
+                result.shared_bytes += res.get("lds_static", 0)
             result.extra = res
     except Exception as exc:  # resource dump is informational
         result.extra = {"resource_error": repr(exc)}
@@ -346,6 +371,12 @@ def cuda_targets(archs: tuple[int, ...] = CUDA_ARCHS):
     from triton.backends.compiler import GPUTarget
 
     return [GPUTarget("cuda", arch, 32) for arch in archs]
+
+
+def hip_targets(archs: tuple[str, ...] = HIP_ARCHS):
+    from triton.backends.compiler import GPUTarget
+
+    return [GPUTarget("hip", arch, 64) for arch in archs]
 
 
 def check(targets=None, specs: list[KernelSpec] | None = None, *, use_target_configs: bool = True) -> list[BuildResult]:
@@ -363,8 +394,18 @@ def check(targets=None, specs: list[KernelSpec] | None = None, *, use_target_con
     return results
 
 
-def main() -> int:
-    results = check()
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    which = (argv if argv is not None else sys.argv[1:]) or ["cuda"]
+    targets = []
+    for name in which:
+        if name not in ("cuda", "hip", "all"):
+            print(f"usage: python -m unifer.kernels.triton.compile_check [cuda|hip|all]; got {name!r}")
+            return 2
+        targets += cuda_targets() if name in ("cuda", "all") else []
+        targets += hip_targets() if name in ("hip", "all") else []
+    results = check(targets)
     for r in results:
         print(r.line())
     return 0 if all(r.ok for r in results) else 1

@@ -43,6 +43,8 @@ class KernelConfigs:
 
 
 _DEFAULT = KernelConfigs()
+# Shared by the CDNA rows below; the split-KV segment count follows each part's CU count.
+_CDNA_ATTENTION = replace(_DEFAULT.attention, tile_decode=64, block_m_prefill=64, tile_prefill=16)
 
 CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
     ("default", None): _DEFAULT,
@@ -86,7 +88,14 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
         ),
     ),
     ("cuda", None): KernelConfigs(attention=replace(_DEFAULT.attention, num_stages=2)),
-    # HIP / CDNA rows go here, e.g. ("hip", "gfx942"): KernelConfigs(...), added by the ROCm backend.
+    # CDNA (ROCm backend): 64-wide wavefronts, so num_warps=4 is 256 lanes and VGPRs, not shared memory, bound
+    # the tiles. The paged K/V gather keeps a 64-bit address per tile element in VGPRs; wider prefill tiles
+    # (64x32) compile to more than 256 VGPRs and one wave per SIMD, and 8 waves spill to scratch. These rows
+    # keep every variant of the AOT check free of memory spills at 2+ waves per SIMD (head size 256 prefill
+    # excepted, at 1). Not yet timed on hardware: starting points that compile cleanly, to tune on MI GPUs.
+    ("hip", "gfx90a"): KernelConfigs(attention=_CDNA_ATTENTION),  # MI200: 110 CUs per GCD, 64 KiB LDS
+    ("hip", "gfx942"): KernelConfigs(attention=replace(_CDNA_ATTENTION, num_segments=32)),  # MI300: 304 CUs
+    ("hip", "gfx950"): KernelConfigs(attention=replace(_CDNA_ATTENTION, num_segments=32)),  # MI350: 256 CUs
 }
 
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Build what benchmarks/gpu_session.sh needs on the offline GPU host: wheels of this workspace and of the
+# packages that host lacks (.whl), and the FlashInfer bundle (.fi). Both folders stay out of git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .whl/.deps ] || { bash ../shared/tools/gpu-wheelhouse.sh .whl hypothesis sortedcontainers attrs && touch .whl/.deps; }
+[ -f .fi/flashinfer-slim.tgz ] || bash ../shared/tools/flashinfer-bundle.sh .fi
+rm -f .whl/unifer*.whl
+.venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w .whl ./core ./plugins/cpu ./plugins/cuda ./conformance
+du -sh .whl .fi

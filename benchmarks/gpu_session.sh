@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
+# Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
+# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check model attention conformance serve;
+#                      none given: all of them, in that order)
+set -uo pipefail
+stages=" ${*:-check model attention conformance serve} "
+want() { [[ $stages == *" $1 "* ]]; }
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+site=/tmp/site
+mkdir -p "$site"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl 2>&1 | grep -v "already exists"
+if [ -d .fi ]; then
+  tar xzf .fi/flashinfer-slim.tgz -C "$site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .fi/*.whl
+fi
+export PYTHONPATH="$site:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 PATH="$site/bin:$PATH"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+python3 -m unifer.cli backends | head -3
+
+if want check; then
+  python3 benchmarks/attention_cuda.py --check-only 2>&1 | tail -30
+fi
+if want model; then
+  python3 benchmarks/model_cuda.py --json "$out/model.json" --variants ${MODEL_VARIANTS:-4096x256,8192x256,8192x512} --profile "$out/profile.txt" 2>&1 | grep -v "Loading weights" | tee "$out/model.txt"
+fi
+if want attention; then
+  python3 benchmarks/attention_cuda.py 2>&1 | tee "$out/attention.txt"
+fi
+if want conformance; then
+  timeout ${CONFORMANCE_TIMEOUT:-3000} python3 -m unifer.cli conformance --backend cuda --perf --report "$out/h100-cuda.json" \
+    --markdown "$out/h100-cuda.md" -q 2>&1 | tail -25
+fi
+if want serve; then
+  bash benchmarks/serve_cuda.sh 2>&1 | tee "$out/serve.txt"
+fi

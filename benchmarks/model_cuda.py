@@ -1,0 +1,218 @@
+"""Whole-model benchmarks on a CUDA GPU (issue 5, benchmarks 3 and 4), Llama-3.2-1B shape, bf16, random weights.
+
+3. Batch-1 decode: ms per token against the roofline (weight bytes / copy bandwidth measured in the same run),
+   both for the captured decode step alone (graph replay) and for the whole engine step (schedule, runner,
+   model, sampler, detokenizer), with decode graphs and with --enforce-eager.
+4. Offline throughput: N requests, prompt lengths uniform in 128-1024, output lengths uniform in 64-512
+   (ignore_eos); output tokens/s of unifer against transformers ``generate`` (batched, left-padded, same
+   prompts, same GPU, same run). transformers cannot stop rows at different lengths, so each of its batches
+   runs to its longest output; it is credited only with the tokens the requests asked for.
+
+    python benchmarks/model_cuda.py [--requests 512] [--hf-batch 128] [--skip-hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096, tie_word_embeddings=True,
+                rope_theta=500000.0, rms_norm_eps=1e-5)
+
+
+def make_checkpoint(folder: Path) -> Path:
+    import transformers
+
+    config = transformers.LlamaConfig(**LLAMA_1B, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy (median of do_bench)."""
+    import triton.testing
+
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def weight_bytes(llm) -> int:
+    seen, total = set(), 0
+    for p in llm.engine.model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def decode_ms_per_token(llm, steps: int = 256) -> tuple[float, float | None]:
+    """(ms per engine step, ms per graph replay) for one request decoding ``steps`` tokens after a 128-token
+    prompt."""
+    from unifer import SamplingParams
+
+    engine = llm.engine
+    engine.add_request("decode", {"prompt_token_ids": list(range(100, 228))},
+                       SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
+    engine.step()  # the prefill
+    for _ in range(4):
+        engine.step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    step_ms = (time.perf_counter() - t0) * 1e3 / steps
+    engine.abort_request("decode")
+    replay_ms = None
+    runner = engine.runner
+    if runner.graph_buckets:
+        import triton.testing
+
+        replay = runner._graphs[1]
+        replay_ms = triton.testing.do_bench(replay, warmup=20, rep=200, return_mode="median")
+    return step_ms, replay_ms
+
+
+def requests(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    return [([rng.randrange(1000, 120000) for _ in range(rng.randint(128, 1024))], rng.randint(64, 512))
+            for _ in range(n)]
+
+
+def run_unifer(llm, reqs) -> float:
+    from unifer import SamplingParams
+
+    prompts = [{"prompt_token_ids": p} for p, _ in reqs]
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, m in reqs]
+    llm.generate(prompts[:8], params[:8], use_tqdm=False)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    assert [len(o.outputs[0].token_ids) for o in outs] == [m for _, m in reqs]
+    return elapsed
+
+
+def run_hf(folder: Path, reqs, batch: int) -> float:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
+                                                              attn_implementation="sdpa").cuda().eval()
+    order = sorted(reqs, key=lambda r: len(r[0]))  # similar lengths together: less padding, fairer to HF
+    warm = torch.tensor([order[0][0][:128]], device="cuda")
+    model.generate(warm, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(0, len(order), batch):
+        chunk = order[i:i + batch]
+        width = max(len(p) for p, _ in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in chunk], device="cuda")
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk], device="cuda")
+        longest = max(m for _, m in chunk)
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=longest, min_new_tokens=longest,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    del model
+    torch.cuda.empty_cache()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=512)
+    ap.add_argument("--hf-batch", type=int, default=128)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--variants", default="4096x256",
+                    help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS, comma-separated")
+    ap.add_argument("--profile", default=None, help="cProfile the first variant's offline run into this file")
+    args = ap.parse_args()
+
+    from unifer import LLM
+
+    folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
+    bw = copy_bandwidth()
+    results: dict = {"device": torch.cuda.get_device_name(), "copy_bandwidth_GBps": bw / 1e9}
+
+    # 3. batch-1 decode, eager then with graphs; 4. offline throughput per engine variant (one engine at a time:
+    # each takes the memory share it is given)
+    reqs = requests(args.requests)
+    out_tokens = sum(m for _, m in reqs)
+    results["offline"] = dict(requests=len(reqs), output_tokens=out_tokens, variants={})
+    variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
+    for eager, variant in [(True, variants[0])] + [(False, v) for v in variants]:
+        budget, seqs = variant
+        t0 = time.perf_counter()
+        llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, enforce_eager=eager,
+                  max_num_batched_tokens=budget, max_num_seqs=seqs)
+        startup = time.perf_counter() - t0
+        key = "decode_eager" if eager else "decode_graphs"
+        if key not in results:
+            wbytes = weight_bytes(llm)
+            step_ms, replay_ms = decode_ms_per_token(llm)
+            results[key] = dict(startup_s=startup, weight_bytes=wbytes, roofline_ms=wbytes / bw * 1e3,
+                                engine_step_ms=step_ms, replay_ms=replay_ms, kv_blocks=llm.engine.num_blocks)
+        if not eager:
+            if args.profile and not results["offline"]["variants"]:
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                elapsed = profiler.runcall(run_unifer, llm, reqs)
+                stats = pstats.Stats(profiler, stream=open(args.profile, "w"))
+                stats.sort_stats("tottime").print_stats(30)
+            else:
+                elapsed = run_unifer(llm, reqs)
+            results["offline"]["variants"][f"budget {budget}, max_num_seqs {seqs}"] = dict(
+                unifer_s=elapsed, unifer_tok_s=out_tokens / elapsed, startup_s=startup)
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    best = min(results["offline"]["variants"].values(), key=lambda v: v["unifer_s"])
+    t_unifer = best["unifer_s"]
+    results["offline"].update(unifer_s=t_unifer, unifer_tok_s=out_tokens / t_unifer)
+    if not args.skip_hf:
+        t_hf = run_hf(folder, reqs, args.hf_batch)
+        results["offline"].update(hf_s=t_hf, hf_tok_s=out_tokens / t_hf, hf_batch=args.hf_batch,
+                                  ratio=t_hf / t_unifer)
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"device: {results['device']}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
+    for key in ("graphs", "eager"):
+        r = results[f"decode_{key}"]
+        line = (f"batch-1 decode ({key}): roofline {r['roofline_ms']:.3f} ms/token ({r['weight_bytes'] / 1e9:.2f} GB "
+                f"of weights); engine step {r['engine_step_ms']:.3f} ms = {r['roofline_ms'] / r['engine_step_ms']:.0%}"
+                " of roofline")
+        if r["replay_ms"]:
+            line += f"; graph replay {r['replay_ms']:.3f} ms = {r['roofline_ms'] / r['replay_ms']:.0%} of roofline"
+        print(line + f"; start-up {r['startup_s']:.1f} s, {r['kv_blocks']} KV blocks")
+    o = results["offline"]
+    for name, v in o["variants"].items():
+        print(f"offline: {o['requests']} requests, {o['output_tokens']} output tokens; unifer ({name}) "
+              f"{v['unifer_tok_s']:.0f} tok/s ({v['unifer_s']:.1f} s)")
+    if "hf_tok_s" in o:
+        print(f"offline: transformers {o['hf_tok_s']:.0f} tok/s ({o['hf_s']:.1f} s, batch {o['hf_batch']}); "
+              f"ratio unifer (best variant)/transformers {o['ratio']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The runner's decode-graph path (static buffers, padding to buckets, replay) gives transformers' tokens.
+
+The graph runner here "captures" by keeping the callable and replays by calling it again on the static buffers,
+which is exactly what a CUDA graph replay computes; so any padding or buffer-filling fault shows on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+from hf_reference import hf_greedy
+from test_hf_equivalence import PARAMS, _assert_matches_hf, _prompts
+from unifer import LLM
+from unifer.engine.runner import decode_buckets
+from unifer_cpu.backend import CPUBackend
+
+
+class RecordingGraphRunner:
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def capture(self, fn):
+        fn()
+
+        def replay():
+            self.replays += 1
+            return fn()
+
+        return replay
+
+
+def test_decode_buckets():
+    assert decode_buckets(1) == [1]
+    assert decode_buckets(6) == [1, 2, 4, 6]
+    assert decode_buckets(20) == [1, 2, 4, 8, 16, 20]
+    assert decode_buckets(1000)[-3:] == [240, 248, 256]
+
+
+@pytest.mark.parametrize("num_prompts", [5, 8])
+def test_replayed_decode_matches_transformers(checkpoint_factory, monkeypatch, num_prompts):
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    runner = RecordingGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: runner)
+    prompts = _prompts(seed=5)[:num_prompts]
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12)
+    assert llm.engine.runner.graph_buckets == [1, 2, 4, 8, 12]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert runner.replays >= PARAMS.max_tokens - 1  # every pure-decode step replayed
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
+
+
+def test_enforce_eager_never_captures(checkpoint_factory, monkeypatch):
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    runner = RecordingGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: runner)
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, enforce_eager=True)
+    llm.generate([{"prompt_token_ids": [5, 6, 7]}], PARAMS, use_tqdm=False)
+    assert llm.engine.runner.graph_buckets == [] and runner.replays == 0
