@@ -10,7 +10,7 @@ if [ -f "$stamp" ]; then exit 0; fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" -r "$req" 2>&1 | grep -v "is ignored" || true
-"${pip[@]}" --no-deps -e core -e plugins/cpu -e plugins/cuda -e conformance 2>&1 | grep -v "is ignored" || true
-"$venv/bin/python" -c "import unifer, unifer_cpu, unifer_cuda, unifer_conformance, torch, transformers" 
+"${pip[@]}" --no-deps -e core -e plugins/cpu -e plugins/cuda -e plugins/rocm -e plugins/xpu -e plugins/tpu -e conformance 2>&1 | grep -v "is ignored" || true
+"$venv/bin/python" -c "import unifer, unifer_cpu, unifer_cuda, unifer_rocm, unifer_xpu, unifer_tpu, unifer_conformance, torch, transformers" 
 rm -f "$venv"/.unifer-setup-*
 touch "$stamp"

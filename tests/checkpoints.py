@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from tokenizer_fixture import build_tokenizer
 
 VOCAB = 512

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 from safetensors.torch import load_file, save_file
-
 from unifer import LLM
 from unifer.model.errors import CheckpointError
 

@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-
 from tokenizer_fixture import build_tokenizer
 from unifer.engine.detokenizer import IncrementalDetokenizer
 from unifer.model.tokenizer import Tokenizer

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from pydantic import ValidationError
-
 from unifer.ops.table import resolve_ops
 from unifer.sample.params import SamplingParams
 from unifer.sample.sampler import Sampler, SamplingState

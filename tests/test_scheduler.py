@@ -8,7 +8,6 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from unifer.config import SchedulerConfig
 from unifer.kv.manager import KVCacheManager
 from unifer.sched.request import Request, RequestStatus

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from unifer.backends import AttentionMetadata
 from unifer.ops import reference
 

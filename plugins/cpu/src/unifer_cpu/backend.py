@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from unifer.backends import Availability, Backend, Capabilities
 
 from unifer_cpu import attention

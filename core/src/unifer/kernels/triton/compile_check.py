@@ -353,6 +353,7 @@ def compile_one(spec: KernelSpec, target) -> BuildResult:
             result.extra = res
         elif target.backend == "hip" and "amdgcn" in compiled.asm:
             res = _hip_resources(compiled.asm["amdgcn"])
+            res["hsaco_bytes"] = len(compiled.asm.get("hsaco") or b"")  # the linked code object a GPU would load
             result.registers = res.get("vgpr")
             result.spill_bytes = res.get("scratch")
             if result.shared_bytes is not None:  # Triton's dynamic LDS plus any static LDS of the kernel
