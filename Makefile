@@ -12,4 +12,4 @@ run: setup
 	.venv/bin/unifer generate --model $(MODEL) --max-tokens 48 "$(PROMPT)"
 
 test: setup
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/tpu
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/tpu --ignore=tests/xpu

@@ -313,9 +313,43 @@ def run_benchmarks(device: str) -> None:
     print("Triton kernel launched from Python each time. prefill rows: eager launches.")
 
 
+def sweep(device: str) -> None:
+    """Decode launch variants (tile, stages, warps) x split-KV segment counts, graph-timed, one table: the data
+    the decode rows of the configs table and ``choose_num_segments`` are chosen from."""
+    from dataclasses import replace
+
+    from unifer.kernels.triton.util import current_configs
+
+    att = module("attention")
+    base = current_configs(torch.device(device)).attention
+    variants = {
+        "t64s3w4": replace(base, tile_decode=64, num_stages=3, num_warps=4),
+        "t128s2w4": replace(base, tile_decode=128, num_stages=2, num_warps=4),
+        "t32s4w2": replace(base, tile_decode=32, num_stages=4, num_warps=2),
+    }
+    segments = (1, 4, 8, 16, 32, 64)
+    copy_bw = copy_bandwidth(device)
+    print(f"\nsplit-KV sweep (ms, graph replay; best per row marked *), copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    print(f"{'batch':>5}{'ctx':>7}{'variant':>10}" + "".join(f"{'seg ' + str(s):>9}" for s in segments) + "  best %copy")
+    for batch in (1, 8, 32, 128):
+        for ctx in (1024, 4096, 16384):
+            q, cache, md = make_paged([1] * batch, [ctx - 1] * batch, heads=HEADS, kv_heads=KV_HEADS,
+                                      head_dim=HEAD_DIM, block_size=BLOCK, dtype=torch.bfloat16, device=device,
+                                      nan=False)
+            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+            for name, cfg in variants.items():
+                times = [bench_graph(lambda s=s, q=q, c=cache, md=md, cfg=cfg: att.unified_attention(
+                    q, c, md, scale=HEAD_DIM**-0.5, num_segments=s, config=cfg)) for s in segments]
+                best = min(times)
+                cells = "".join(f"{t:>8.4f}{'*' if t == best else ' '}" for t in times)
+                print(f"{batch:>5}{ctx:>7}{name:>10}{cells}  {100 * kv_bytes / (best * 1e-3) / copy_bw:>5.0f}%")
+            del q, cache, md
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
+    parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
     parser.add_argument(
         "--device",
         default="cuda",
@@ -331,6 +365,9 @@ def main() -> int:
         return 1
     print("correctness: all ok")
     if args.check_only or small:
+        return 0
+    if args.sweep:
+        sweep(args.device)
         return 0
     run_benchmarks(args.device)
     return 0

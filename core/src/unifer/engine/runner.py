@@ -39,7 +39,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning hidden states
+        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
 
     # decode graphs --------------------------------------------------------------------------------------------
@@ -69,8 +69,13 @@ class ModelRunner:
                 query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
                 block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
                 max_seq_len=max_model_len))
-            step = functools.partial(self.model, st["input_ids"][:b], st["positions"][:b], self.kv_caches, metadata)
-            self._graphs[b] = graph_runner.capture(step)
+            self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
+
+    def _decode_logits(self, b: int, metadata: AttentionMetadata) -> torch.Tensor:
+        # The LM head is captured too: at batch 1 its launch and the float cast are a visible part of a step.
+        st = self._static
+        hidden = self.model(st["input_ids"][:b], st["positions"][:b], self.kv_caches, metadata)
+        return self.model.compute_logits(hidden)
 
     def _replay_decode(self, batch) -> torch.Tensor | None:
         n = len(batch)
@@ -92,8 +97,7 @@ class ModelRunner:
         for name, array in (("input_ids", ids), ("positions", pos), ("slots", slots), ("seq_lens", seq_lens),
                             ("block_table", table)):
             st[name][:bucket].copy_(torch.from_numpy(array), non_blocking=True)
-        hidden = self._graphs[bucket]()
-        return self.model.compute_logits(hidden[:n])
+        return self._graphs[bucket]()[:n]
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)

@@ -216,15 +216,19 @@ def _check_inputs(query: torch.Tensor, kv_cache: torch.Tensor) -> None:
         raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
 
 
-def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig) -> int:
+def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig, *, num_seqs: int = 1,
+                        num_kv_heads: int = 1, tile: int = 1) -> int:
     """Split-KV for few tokens over long contexts (decode of a small batch); 1 otherwise.
 
     Depends only on host ints. A graph runner that captures with ``max_seq_len`` = the model's maximum gets the
     split kernel, which is correct (and fast) for every shorter context too.
     """
-    if num_tokens <= cfg.split_max_tokens and max_seq_len >= cfg.split_min_seq_len:
+    if num_tokens > cfg.split_max_tokens or max_seq_len < cfg.split_min_seq_len:
+        return 1
+    if not cfg.split_target_programs:
         return cfg.num_segments
-    return 1
+    want = min(cfg.num_segments, cfg.split_target_programs // max(num_seqs * num_kv_heads, 1), max_seq_len // tile)
+    return 1 << (want.bit_length() - 1) if want >= 2 else 1
 
 
 def unified_attention(
@@ -257,7 +261,8 @@ def unified_attention(
     launch = attention_launch(cfg, head_dim=head_dim, group=group, decode=metadata.max_query_len <= 1)
     head_pad, block_q = launch["HEAD_PAD"], launch["BLOCK_Q"]
     if num_segments is None:
-        num_segments = choose_num_segments(num_tokens, metadata.max_seq_len, cfg)
+        num_segments = choose_num_segments(num_tokens, metadata.max_seq_len, cfg, num_seqs=num_seqs,
+                                           num_kv_heads=num_kv_heads, tile=launch["TILE"])
     if num_segments < 1 or num_segments & (num_segments - 1):
         raise ValueError(f"num_segments must be a power of two, got {num_segments}")
 

@@ -26,7 +26,11 @@ class AttentionConfig:
     # Split-KV: used when the batch has at most this many tokens and its longest context exceeds min_split_len.
     split_max_tokens: int = 128
     split_min_seq_len: int = 1024
-    num_segments: int = 16
+    num_segments: int = 16  # the fixed segment count, or the cap when split_target_programs is set
+    # 0: always num_segments. Otherwise the fewest segments (a power of two, at most num_segments, at least one KV
+    # tile each) that give about this many programs over all sequences and KV heads: enough loads in flight to
+    # saturate memory without paying the merge for many near-empty segments.
+    split_target_programs: int = 0
     reduce_num_warps: int = 4
 
 
@@ -61,13 +65,17 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             num_stages_prefill=2,
         ),
     ),
-    # Hopper (H100/H200): 132 SMs; deeper pipelining of the KV loads pays off.
+    # Hopper (H100/H200): 132 SMs. Decode rows from the split-KV sweep on an H200 (benchmarks/RESULTS.md):
+    # 128-position tiles in 2 stages beat 64x3 and 32x4 at every batch and context, and ~1024 programs was the
+    # best segment count from batch 1 to 128.
     ("cuda", 90): KernelConfigs(
         attention=replace(
             _DEFAULT.attention,
-            tile_decode=64,
+            tile_decode=128,
             num_warps=4,
-            num_stages=3,
+            num_stages=2,
+            num_segments=64,
+            split_target_programs=1024,
             block_m_prefill=128,
             tile_prefill=64,
             num_warps_prefill=8,
