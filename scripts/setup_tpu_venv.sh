@@ -2,6 +2,9 @@
 # Create .venv-tpu (once): torch 2.9 + torch-xla 2.9 from PyPI, for running the TPU backend on XLA's CPU client
 # (PJRT_DEVICE=CPU) where no TPU exists. The main .venv keeps its own torch; the two never mix.
 #
+# JAX at the versions torch-xla's `pallas` extra pins comes too: not to run the Pallas kernel (that needs a TPU),
+# but so tests/tpu can check the TPU attention path against the kernel module's own input checks and reference.
+#
 # PyPI's torch 2.9 is the CUDA build. Installed with --no-deps and only its pure-Python requirements it does not
 # import (libtorch_cuda.so links libcudart, cuBLAS, cuDNN, NCCL, ...), so the CUDA libraries that libtorch links
 # at load time are installed too; the ones it only opens lazily (triton, cuSOLVER, NVRTC, NVTX) are skipped,
@@ -26,19 +29,20 @@ quiet() { grep -v -e "is ignored" -e "dependency conflicts" -e "which is not ins
 
 "${pip[@]}" "${PINNED[@]}" 2>&1 | quiet
 if [ "${UNIFER_TPU_FULL_DEPS:-0}" = 1 ]; then
-  "${pip[@]}" "$TORCH" "$TORCH_XLA" 2>&1 | quiet
+  "${pip[@]}" "$TORCH" "${TORCH_XLA/torch-xla/torch-xla[pallas]}" 2>&1 | quiet
 else
   "${pip[@]}" --no-deps "$TORCH" "$TORCH_XLA" 2>&1 | quiet
-  # torch's and torch-xla's own requirements for this platform, less the lazily loaded CUDA parts.
+  # torch's and torch-xla's own requirements for this platform (torch-xla's with its `pallas` extra: JAX), less
+  # the lazily loaded CUDA parts.
   mapfile -t deps < <("$venv/bin/python" - "$SKIP" <<'EOF'
 import sys
 from importlib.metadata import requires
 from packaging.requirements import Requirement
 skip = set(sys.argv[1].split())
-for dist in ("torch", "torch_xla"):
+for dist, extras in (("torch", ("",)), ("torch_xla", ("", "pallas"))):
     for line in requires(dist) or []:
         req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
             continue
         if req.name.lower() not in skip:
             print(str(req).split(";")[0])
@@ -48,7 +52,7 @@ EOF
 fi
 "${pip[@]}" --no-deps -e core -e plugins/cpu -e plugins/tpu -e conformance 2>&1 | quiet
 PJRT_DEVICE=CPU "$venv/bin/python" -c "
-import torch, torch_xla, unifer, unifer_cpu, unifer_tpu, unifer_conformance, transformers
+import torch, torch_xla, unifer, unifer_cpu, unifer_tpu, unifer_conformance, transformers, jax
 assert torch.__version__.startswith('2.9') and torch_xla.__version__.startswith('2.9'), torch.__version__
 x = torch.ones(2, 2, device=torch_xla.device()); assert float((x @ x).sum()) == 8.0
 "

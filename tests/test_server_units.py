@@ -110,3 +110,22 @@ def test_chat_template_rendering_and_sandbox():
         render_chat("{{ messages.append(1) }}", msgs)  # immutable sandbox: no mutation
     with pytest.raises(ChatTemplateError, match="compile"):
         render_chat("{% for %}", msgs)
+
+
+def test_backend_stats_reach_metrics(llm_engine, monkeypatch):
+    from unifer.server.metrics import ServerMetrics
+
+    counts = {"compilations": 0}
+    monkeypatch.setattr(llm_engine.backend, "stats", lambda: dict(counts, label="not numeric"), raising=False)
+    engine = AsyncLLMEngine(llm_engine)
+    metrics = ServerMetrics(engine, "m")
+
+    async def main():
+        counts["compilations"] = 7  # read after each step, not at construction
+        assert [o async for o in engine.generate("s", [0, 5, 6], GREEDY)][-1].finished
+        await engine.shutdown()
+
+    run(main())
+    text = metrics.render()[0].decode()
+    assert 'unifer_backend_compilations{model_name="m"} 7.0' in text
+    assert "unifer_backend_label" not in text

@@ -39,6 +39,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         print(f"  dtypes {', '.join(caps['dtypes'])}; head sizes {caps['head_sizes']}; block sizes "
               f"{caps['block_sizes']}; max GQA {caps['max_gqa_ratio']}; sliding window {caps['sliding_window']}; "
               f"soft-cap {caps['logit_soft_cap']}; graphs {caps['graph_capture']}; comm {caps['communicator']}")
+        if caps["extra"]:
+            print("  extra: " + "; ".join(f"{k} {v}" for k, v in caps["extra"].items()))
         if r["ops"]:
             print("  ops: " + ", ".join(f"{k}={v}" for k, v in r["ops"].items()))
     for f in failures:

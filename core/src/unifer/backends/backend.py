@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 
 class Unsupported(Exception):
@@ -199,6 +199,12 @@ class Backend:
         """Called once by the engine before the first request, with the runner and sampler it will use and
         the scheduler's limits: a compiling backend fixes its shape buckets and compiles them. Default:
         nothing."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges of this backend (e.g. a compiling backend's compilations so far), read after each
+        engine step; its int and float entries are exported on /metrics as ``unifer_backend_<key>``. Cheap; never
+        initialises a device. Default: none."""
+        return {}
 
     def graph_runner(self):
         """An object that captures decode steps, or None when this backend has none.

@@ -39,6 +39,7 @@ class EngineStats:
     prefix_hits: int = 0
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
+    backend: tuple[tuple[str, float], ...] = ()  # the numeric entries of Backend.stats()
 
 
 class StatsListener(Protocol):
@@ -208,8 +209,11 @@ class AsyncLLMEngine:
     # the loop -----------------------------------------------------------------------------------------------
     def _stats(self) -> EngineStats:
         e = self.engine
+        backend = tuple((k, float(v)) for k, v in e.backend.stats().items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool))
         return EngineStats(e.scheduler.num_running, e.scheduler.num_waiting, e.kv.usage, e.kv.num_free_blocks,
-                           e.kv.prefix_queries, e.kv.prefix_hits, e.num_prompt_tokens, e.num_generated_tokens)
+                           e.kv.prefix_queries, e.kv.prefix_hits, e.num_prompt_tokens, e.num_generated_tokens,
+                           backend)
 
     def _step_on_worker(self) -> tuple[list[RequestOutput], bool]:
         outputs = [_snapshot(o) for o in self.engine.step()] if self.engine.has_unfinished_requests() else []

@@ -47,6 +47,8 @@ class _EngineCollector(Collector):
         yield self._counter("unifer_prompt_tokens", "Prompt tokens admitted", s.num_prompt_tokens)
         yield self._counter("unifer_generation_tokens", "Tokens generated", s.num_generated_tokens)
         yield self._counter("unifer_engine_step_errors", "Engine steps that raised", self.engine.num_step_errors)
+        for key, value in s.backend:  # e.g. the tpu backend's compilations, cached_compilations, compile_seconds
+            yield self._gauge(f"unifer_backend_{key}", f"Backend statistic {key} (Backend.stats())", value)
 
 
 class ServerMetrics:

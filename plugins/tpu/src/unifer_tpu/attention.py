@@ -11,7 +11,7 @@ so the same functions run (and are tested) on the CPU.
 from __future__ import annotations
 
 import torch
-from unifer.backends import AttentionMetadata
+from unifer.backends import AttentionMetadata, Unsupported
 
 
 def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
@@ -85,6 +85,15 @@ def paged_attention(
     return out.reshape(tokens, heads, head_dim).to(query.dtype)
 
 
+def kernel_heads_tile(num_kv_heads: int, dtype: torch.dtype) -> bool:
+    """Whether the Pallas kernel can lay out this many KV heads: K and V interleaved give 2 x kv_heads rows,
+    packed ``32 / bits`` to a 32-bit word, which must come to 1, 2, 4, 8 or a multiple of 8 (torch_xla 2.9's
+    ``get_min_heads_per_blk``). Power-of-two head counts always do; 3, 5, 6 or 12 KV heads do not."""
+    packing = 32 // (torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits)
+    words, rest = divmod(2 * num_kv_heads, packing)
+    return rest == 0 and (words in (1, 2, 4, 8) or words % 8 == 0)
+
+
 def pallas_paged_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -95,11 +104,17 @@ def pallas_paged_attention(
     soft_cap: float | None = None,
 ) -> torch.Tensor:
     """torch_xla's ragged paged attention (Pallas, TPU only). The kernel takes the number of real sequences as
-    a device tensor, so it is counted on the device (padded sequences have length 0)."""
+    a device tensor, so it is counted on the device (padded sequences have length 0). It rejects a window of 0
+    or a cap of 0.0, which unifer reads as "none", so those are passed as None."""
     from torch_xla.experimental.custom_kernel import ragged_paged_attention
 
+    kv_heads = kv_cache.shape[2] // 2
+    if not kernel_heads_tile(kv_heads, kv_cache.dtype):
+        raise Unsupported(f"backend 'tpu' does not support {kv_heads} KV heads in {kv_cache.dtype}: the Pallas "
+                          "ragged paged attention kernel tiles only power-of-two KV head counts (or multiples of 4 "
+                          "in float32, of 8 in bfloat16)")
     num_seqs = (metadata.seq_lens > 0).sum().to(torch.int32).reshape(1)
     return ragged_paged_attention(
         query, kv_cache, metadata.seq_lens.to(torch.int32), metadata.block_table.to(torch.int32),
-        metadata.query_start_loc.to(torch.int32), num_seqs, sm_scale=scale, sliding_window=sliding_window,
-        soft_cap=soft_cap)
+        metadata.query_start_loc.to(torch.int32), num_seqs, sm_scale=scale, sliding_window=sliding_window or None,
+        soft_cap=soft_cap or None)

@@ -38,6 +38,10 @@ def sampler_mixes(rows: int) -> list[list[SamplingParams]]:
 def compile_buckets(backend, runner, sampler) -> float:
     """Run one dummy step per (tokens, seqs) bucket and the sampler mixes per seqs bucket; returns seconds."""
     started = time.perf_counter()
+    # Flush what is still queued from loading (weights, zeroed KV caches) as a graph of its own: traced into the
+    # first dummy step, it would make that step's graph differ from the one a real step of the same shape
+    # traces, and the first real step in that bucket would compile again.
+    backend.synchronize()
     buckets, block_size = backend.buckets, runner.block_size
     max_len = buckets.block_table_width * block_size
     sampled_rows: set[int] = set()
