@@ -5,7 +5,8 @@
 #  2. the conformance levels ops, attention and e2e through the XPU backend ($out/xpu-ipex-cpu.json|md), counting
 #     the calls that reach IPEX's kernels (torch.ops.torch_ipex.*) per level: each level must really run them
 #     ($out/xpu-ipex-calls.json), so a silent fallback to the reference fails the run;
-#  3. pytest tests/xpu in .venv-xpu: the real IPEX kernels (exact KV layout, bfloat16/float16, canaries for the
+#  3. pytest tests/xpu in .venv-xpu: the real IPEX kernels (exact KV layout, bf16/fp16 attention against a float64
+#     emulation of its FlashAttention-style rounding, the claims of this path, canaries for the
 #     IPEX behaviours the adapter works around). The main test run ignores tests/xpu; tests/test_xpu_*.py need no
 #     IPEX (a stand-in implements its calling conventions) and run in the main .venv.
 # All steps always run; the script fails if any does. Usage: scripts/ci_xpu.sh [OUT_DIR] (default .ci/out).

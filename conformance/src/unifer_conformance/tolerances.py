@@ -31,7 +31,9 @@ _CAL = "1.5x calibrate (reference op in this dtype vs float64, grid inputs)"
 
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # (op, dtype): Tolerance(bound max abs, bound nse, observed max abs, observed nse, source). Observed: calibrate
-    # with --seeds 5 over the reference ops and the CPU backend (torch 2.13, x86-64).
+    # with --seeds 5 over the reference ops and the CPU backend (torch 2.13, x86-64). The paged-attention rows
+    # (2026-12-01) also count calibrate's FlashAttention-style emulation and every random example of the property
+    # cases; the other rows predate that (calibrate now prints up to 1.4x their observed values, within bounds).
     # float32 nse raised from 1e-14 to 4e-14 after the H100 run (2026-11-23): Triton's rsqrt is the hardware's
     # approximate one (~2 ulp), observed 1.61e-14 on a 3000-wide row; still ~1e9 below a 1% scale error.
     ("rms_norm", "float32"): Tolerance(2e-6, 4e-14, 1.29e-6, 1.61e-14, _CAL + "; GPU rsqrt.approx"),
@@ -46,10 +48,20 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("silu_and_mul", "bfloat16"): Tolerance(2.5e-1, 2.2e-5, 1.69e-1, 1.46e-5, _CAL + "; silu and product rounded"),
     ("silu_and_mul", "float16"): Tolerance(4e-2, 2.2e-7, 2.67e-2, 1.42e-7, _CAL + "; silu and product rounded"),
     # paged attention: K/V/Q rounded to the dtype first (the cache stores them so), float32 softmax, the output
-    # rounded once. Observed maxima are the CPU backend's torch SDPA (the reference's own error is smaller).
-    ("paged_attention", "float32"): Tolerance(4e-6, 5e-13, 2.68e-6, 1.71e-13, _CAL + "; nse 3x for tiled softmax"),
-    ("paged_attention", "bfloat16"): Tolerance(1.2e-2, 5e-6, 7.81e-3, 3.22e-6, _CAL),
-    ("paged_attention", "float16"): Tolerance(2.5e-3, 8e-8, 1.68e-3, 5.42e-8, _CAL),
+    # rounded once; and, in bfloat16/float16, the softmax probabilities rounded to the dtype before the product with
+    # V as well: every FlashAttention-style kernel does that (core's Triton kernel: p.to(v.dtype); IPEX's
+    # flash_attn_varlen), legitimately, since the tensor cores multiply in the input dtype. Observed: the largest of
+    # the reference ops, the CPU backend (torch SDPA) and calibrate's float64 emulation of that P rounding
+    # (flash_paged_attention: IPEX 2.8's CPU kernel shows 0.94-1.01x its nse on 20 scenarios, the H200's Triton
+    # kernel 0.95-1.0x on long_chunk bf16 / long_decode fp16, 0.97-0.98 of the old bounds). nse from the emulation
+    # (1.1-2x the output-only rounding on long contexts); bf16 max abs from a random example whose output is above
+    # 4, where bf16's half-ulp is 1.56e-2: the correctly rounded float64 answer alone is off by 1.53e-2 there.
+    # bf16 nse 8e-6 is 1.41x the worst random example, 1.54x the worst grid case: not 8.5e-6, so that a 1% softmax
+    # scale error still fails every bf16 grid case on seeds 0-2 (the soft-cap ones, where tanh absorbs most of
+    # it, at 1.06x). Raised 2026-12-01 from bf16 1.2e-2 / 5e-6, fp16 nse 8e-8 (fitted to output-only rounding).
+    ("paged_attention", "float32"): Tolerance(4e-6, 5e-13, 2.91e-6, 2.04e-13, _CAL + "; nse 3x for tiled softmax"),
+    ("paged_attention", "bfloat16"): Tolerance(2.3e-2, 8e-6, 1.53e-2, 5.67e-6, _CAL + "; flash-style P rounding"),
+    ("paged_attention", "float16"): Tolerance(2.5e-3, 1.4e-7, 1.68e-3, 8.97e-8, _CAL + "; flash-style P rounding"),
     # penalties run on float32 logits (the sampler's dtype); the nse bound allows 1-ulp differences everywhere.
     ("apply_penalties", "float32"): Tolerance(3.5e-6, 1e-14, 2.31e-6, 8.77e-16, _CAL + "; nse floor 1e-14"),
     # End to end: logprobs of the same greedy token, tested backend vs the CPU reference backend, float32 model.
