@@ -8,6 +8,7 @@ from unifer.backends.backend import (
     Capabilities,
     Unsupported,
 )
+from unifer.backends.comm import Communicator
 from unifer.backends.hookspecs import hookimpl, hookspec
 from unifer.backends.registry import BackendRegistry, BackendSelectionError, discover, select_backend
 
@@ -19,6 +20,7 @@ __all__ = [
     "BackendRegistry",
     "BackendSelectionError",
     "Capabilities",
+    "Communicator",
     "Unsupported",
     "discover",
     "hookimpl",

@@ -215,7 +215,7 @@ class Backend:
         return None
 
     def communicator(self):
-        """The tensor-parallel communicator, or None."""
+        """The tensor-parallel communicator (a ``unifer.backends.comm.Communicator``), or None."""
         return None
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ import os
 
 import torch
 from unifer.backends import Availability, Backend, Capabilities
+from unifer.backends.comm import Communicator
 
 from unifer_cpu import attention
 
@@ -44,3 +45,6 @@ class CPUBackend(Backend):
 
     def native_ops(self):
         return {"paged_attention": attention.paged_attention}
+
+    def communicator(self) -> Communicator:
+        return Communicator()  # gloo, torch.distributed's CPU backend

@@ -87,6 +87,11 @@ class CUDABackend(Backend):
 
         return CUDAGraphRunner()
 
+    def communicator(self):
+        from unifer_cuda.comm import NCCLCommunicator
+
+        return NCCLCommunicator()
+
     def synchronize(self) -> None:
         torch.cuda.synchronize()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from unifer.backends.comm import Communicator
 
 
 class HIPGraphRunner:
@@ -43,41 +44,16 @@ class HIPGraphRunner:
         return replay
 
 
-class RCCLCommunicator:
+class RCCLCommunicator(Communicator):
     """Tensor-parallel collectives through torch.distributed's "nccl" backend, which is RCCL on ROCm."""
 
     name = "nccl"
 
-    def init(self, *, rank: int, world_size: int, local_rank: int | None = None,
-             init_method: str = "env://") -> None:
+    def prepare(self, *, rank: int | None, world_size: int | None, local_rank: int | None) -> None:
         import torch.distributed as dist
 
-        if not dist.is_available() or not dist.is_nccl_available():
+        if not dist.is_nccl_available():
             raise RuntimeError("this torch build has no RCCL ('nccl' process-group backend); install a ROCm build")
-        torch.cuda.set_device(rank if local_rank is None else local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group(backend=self.name, init_method=init_method, rank=rank, world_size=world_size)
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor)
-        return tensor
-
-    def all_gather(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=dim)
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        device = local_rank if local_rank is not None else rank
+        if device is not None:
+            torch.cuda.set_device(device)
