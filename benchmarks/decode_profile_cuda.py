@@ -1,0 +1,52 @@
+"""Where a batch-1 decode step's GPU time goes: torch.profiler over replays of the captured decode graph
+(Llama-3.2-1B shape, bf16, random weights), kernels grouped by name, against the weight-bytes roofline.
+
+    python benchmarks/decode_profile_cuda.py [--context 256] [--replays 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replays", type=int, default=50)
+    ap.add_argument("--max-model-len", type=int, default=2048)
+    args = ap.parse_args()
+    from torch.profiler import ProfilerActivity, profile
+    from unifer import LLM
+
+    folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=args.max_model_len)
+    bw = copy_bandwidth()
+    roofline = weight_bytes(llm) / bw * 1e3
+    step_ms, replay_ms = decode_ms_per_token(llm, steps=64)
+    replay = llm.engine.runner._graphs[1]
+    for _ in range(5):
+        replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.replays):
+            replay()
+        torch.cuda.synchronize()
+    rows = {}
+    for evt in prof.key_averages():
+        if evt.device_type.name != "CUDA" or evt.self_device_time_total <= 0:
+            continue
+        rows[evt.key] = (evt.self_device_time_total / args.replays, evt.count // args.replays)
+    busy = sum(t for t, _ in rows.values()) / 1e3
+    print(f"roofline {roofline:.3f} ms; engine step {step_ms:.3f} ms; graph replay {replay_ms:.3f} ms; "
+          f"kernels busy {busy:.3f} ms per replay (the rest of the replay: gaps between kernels)")
+    print(f"{'us/replay':>10}{'calls':>7}  kernel")
+    for name, (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+        print(f"{us:>10.1f}{n:>7}  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
