@@ -330,7 +330,8 @@ def sweep(device: str) -> None:
     segments = (1, 4, 8, 16, 32, 64)
     copy_bw = copy_bandwidth(device)
     print(f"\nsplit-KV sweep (ms, graph replay; best per row marked *), copy bandwidth {copy_bw / 1e9:.0f} GB/s")
-    print(f"{'batch':>5}{'ctx':>7}{'variant':>10}" + "".join(f"{'seg ' + str(s):>9}" for s in segments) + "  best %copy")
+    cells = "".join(f"{'seg ' + str(s):>9}" for s in segments)
+    print(f"{'batch':>5}{'ctx':>7}{'variant':>10}{cells}  best %copy")
     for batch in (1, 8, 32, 128):
         for ctx in (1024, 4096, 16384):
             q, cache, md = make_paged([1] * batch, [ctx - 1] * batch, heads=HEADS, kv_heads=KV_HEADS,

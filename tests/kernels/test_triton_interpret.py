@@ -1,23 +1,18 @@
 """The portable Triton kernels, run by Triton's CPU interpreter on small shapes, against ``unifer.ops.reference``.
 
-TRITON_INTERPRET must be set before the kernels are decorated, and must not leak into other tests (the AOT
-compile check needs real JIT functions), so all cases run in ONE child process: this file executed as a script,
-with the variable set, printing one JSON line per case. The pytest side reports each case separately.
+The cases run in one child process with TRITON_INTERPRET set (tests/interpreter_harness.py says why).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1]))  # tests/: the harness, also when run as the child script
+import interpreter_harness as harness  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,15 +276,7 @@ def _numpy_compat() -> None:
 
 def _child_main() -> None:
     _numpy_compat()
-    for name, fn in _all_cases().items():
-        start = time.perf_counter()
-        try:
-            err = fn()
-            result = {"case": name, "ok": True, "error": err}
-        except Exception:
-            result = {"case": name, "ok": False, "traceback": traceback.format_exc()}
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        print("CASE " + json.dumps(result), flush=True)
+    harness.run_cases(_all_cases())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,30 +284,13 @@ def _child_main() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be interpreted")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=900, cwd=HERE.parent
-    )
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CASE "):
-            r = json.loads(line[5:])
-            results[r["case"]] = r
-    if not results:
-        pytest.fail(f"interpreter child produced no results (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    results["_stderr"] = proc.stderr
-    return results
+    return harness.interpreter_results(HERE)
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_kernel_matches_reference_in_interpreter(interpreter_results, case):
-    r = interpreter_results.get(case)
-    assert r is not None, f"case {case} did not run:\n{interpreter_results['_stderr'][-4000:]}"
-    assert r["ok"], r.get("traceback")
+    harness.check(interpreter_results, case)
 
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("run with TRITON_INTERPRET=1 (pytest does so)")
     _child_main()

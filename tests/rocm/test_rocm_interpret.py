@@ -1,27 +1,23 @@
 """The ROCm backend in verification mode: its ops table, with each CDNA arch's launch configs, run by Triton's
 CPU interpreter against ``unifer.ops.reference``; plus the interpreter fixes that mode applies.
 
-As in tests/kernels/test_triton_interpret.py (whose cases this reuses), TRITON_INTERPRET must be set before the
-kernels are imported and must not leak into the AOT tests, so everything runs in ONE child process (this file as
-a script) that prints a JSON line per case.
+It reuses the cases of tests/kernels/test_triton_interpret.py and, like it, runs them in one interpreter child
+process (tests/interpreter_harness.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "kernels"))
-import test_triton_interpret as shared  # noqa: E402  (the portable kernels' interpreter cases)
+# tests/ and tests/kernels: the harness and the portable kernels' cases, also when run as the child script
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parents[1] / "kernels")]
+import interpreter_harness as harness  # noqa: E402
+import test_triton_interpret as shared  # noqa: E402
 
 ARCHS = ("gfx90a", "gfx942", "gfx950")
 
@@ -193,14 +189,7 @@ CASE_NAMES = list(_all_cases())
 
 def _child_main() -> None:
     _backend("gfx942").native_ops()  # applies the interpreter fixes, as the backend does in this mode
-    for name, fn in _all_cases().items():
-        start = time.perf_counter()
-        try:
-            result = {"case": name, "ok": True, "error": fn()}
-        except Exception:
-            result = {"case": name, "ok": False, "traceback": traceback.format_exc()}
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        print("CASE " + json.dumps(result), flush=True)
+    harness.run_cases(_all_cases())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,29 +197,13 @@ def _child_main() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be interpreted")
-    env = dict(os.environ, TRITON_INTERPRET="1", UNIFER_ROCM_INTERPRET="gfx942")
-    proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=900,
-                          cwd=HERE.parent)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CASE "):
-            r = json.loads(line[5:])
-            results[r["case"]] = r
-    if not results:
-        pytest.fail(f"interpreter child produced no results (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    results["_stderr"] = proc.stderr
-    return results
+    return harness.interpreter_results(HERE, UNIFER_ROCM_INTERPRET="gfx942")
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_rocm_kernels_match_reference_in_interpreter(interpreter_results, case):
-    r = interpreter_results.get(case)
-    assert r is not None, f"case {case} did not run:\n{interpreter_results['_stderr'][-4000:]}"
-    assert r["ok"], r.get("traceback")
+    harness.check(interpreter_results, case)
 
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("run with TRITON_INTERPRET=1 (pytest does so)")
     _child_main()
