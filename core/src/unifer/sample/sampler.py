@@ -37,6 +37,11 @@ class SamplerOutput:
 _PADDING_ROW = SamplingState(SamplingParams(temperature=0.0), [], [])
 
 
+def _bucket(n: int) -> int:
+    """The next power of two at or above ``n`` (at least 16)."""
+    return max(16, 1 << max(n - 1, 0).bit_length())
+
+
 class Sampler:
     def __init__(self, ops) -> None:
         self.ops = ops
@@ -74,9 +79,9 @@ class Sampler:
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
         num_rows, vocab = logits.shape
         device = logits.device
-        prompt_mask = torch.zeros(num_rows, vocab, dtype=torch.bool, device=device)
-        output_counts = torch.zeros(num_rows, vocab, dtype=torch.int32, device=device)
-        # Flatten (row, token) pairs once, so the scatter is a single call for the whole batch.
+        # Flatten (row, token) pairs once, so each scatter is a single call for the whole batch. The index lists
+        # are padded to a power-of-two length, pointing into a scratch row past the batch: a compiling backend then
+        # sees a few index shapes, not a new one every step as the outputs grow.
         p_rows, p_ids, o_rows, o_ids = [], [], [], []
         for row, s in enumerate(batch):
             if not s.params.uses_penalties:
@@ -85,11 +90,18 @@ class Sampler:
             p_ids.extend(s.prompt_token_ids)
             o_rows.extend([row] * len(s.output_token_ids))
             o_ids.extend(s.output_token_ids)
-        if p_ids:
-            prompt_mask[torch.tensor(p_rows, device=device), torch.tensor(p_ids, device=device)] = True
-        if o_ids:
-            flat = torch.tensor(o_rows, device=device) * vocab + torch.tensor(o_ids, device=device)
-            output_counts = torch.bincount(flat, minlength=num_rows * vocab).view(num_rows, vocab).to(torch.int32)
+
+        def flat_index(rows: list[int], ids: list[int]) -> torch.Tensor:
+            pad = _bucket(len(rows)) - len(rows)
+            rows_t = torch.tensor(rows + [num_rows] * pad, dtype=torch.int64, device=device)
+            return rows_t * vocab + torch.tensor(ids + [0] * pad, dtype=torch.int64, device=device)
+
+        size = (num_rows + 1) * vocab
+        prompt_mask = torch.zeros(size, dtype=torch.bool, device=device)
+        prompt_mask = prompt_mask.index_fill(0, flat_index(p_rows, p_ids), True).view(num_rows + 1, vocab)[:num_rows]
+        o_flat = flat_index(o_rows, o_ids)
+        output_counts = torch.zeros(size, dtype=torch.int32, device=device).scatter_add(
+            0, o_flat, torch.ones_like(o_flat, dtype=torch.int32)).view(num_rows + 1, vocab)[:num_rows]
 
         def vec(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)
