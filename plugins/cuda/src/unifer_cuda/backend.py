@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -59,9 +58,6 @@ class CUDABackend(Backend):
     # device services -----------------------------------------------------------------------------------------
     def init_device(self) -> None:
         torch.cuda.set_device(torch.cuda.current_device())
-        blas = os.environ.get("UNIFER_CUDA_BLAS")  # "cublas" or "cublaslt": torch's matrix-product library
-        if blas:
-            torch.backends.cuda.preferred_blas_library(blas)
 
     def device_name(self) -> str:
         try:
