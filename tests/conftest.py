@@ -22,3 +22,19 @@ def checkpoint_factory(tmp_path_factory):
 @pytest.fixture(scope="session", params=sorted(ARCHS))
 def any_checkpoint(request, checkpoint_factory):
     return request.param, checkpoint_factory(request.param)
+
+
+@pytest.fixture
+def fake_process_group(monkeypatch):
+    """torch.distributed with NCCL available and no group yet, recording what a communicator's init asks of it
+    (``init_process_group`` kwargs, and the device it selects as ``device``)."""
+    import torch
+    import torch.distributed as dist
+
+    calls = {}
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.update(kw))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.update(device=i))
+    return calls

@@ -35,14 +35,9 @@ def test_cpu_collectives_over_gloo():
     assert not dist.is_initialized()
 
 
-def test_cuda_communicator_is_nccl_on_the_local_device(monkeypatch):
-    calls = {}
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.update(kw))
+def test_cuda_communicator_is_nccl_on_the_local_device(monkeypatch, fake_process_group):
+    calls = fake_process_group
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.update(device=i))
     comm = CUDABackend().communicator()
     assert comm.name == CUDABackend().capabilities.communicator == "nccl"
     comm.init(rank=11, world_size=16)

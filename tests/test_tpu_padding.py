@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from unifer.backends import AttentionMetadata
+from tpu_steps import ragged_step
 from unifer.ops import reference
 from unifer.sample.params import SamplingParams
 from unifer.sample.sampler import Sampler, SamplingState
@@ -39,42 +39,8 @@ def test_bucket_arithmetic_by_hand():
 
 
 # metadata padding and the XLA-friendly attention -------------------------------------------------------------------
-def _step(seqs, kv_heads=2, group=2, head_dim=16, block_size=4, seed=0):
-    """A ragged step over a NaN-poisoned cache in both layouts, plus unpadded metadata and queries."""
-    g = torch.Generator().manual_seed(seed)
-    lens = [c + q for c, q in seqs]
-    need = [-(-n // block_size) for n in lens]
-    num_blocks = 2 * sum(need) + 3
-    ids = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    tables = []
-    for n in need:
-        tables.append(ids[:n])
-        ids = ids[n:]
-    ref_cache = torch.full((2, num_blocks, block_size, kv_heads, head_dim), float("nan"), dtype=torch.float64)
-    tpu_cache = torch.full(attention.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), float("nan"),
-                           dtype=torch.float64)
-    for i, n in enumerate(lens):
-        slots = torch.tensor([tables[i][p // block_size] * block_size + p % block_size for p in range(n)])
-        k, v = torch.randn(n, kv_heads, head_dim, generator=g, dtype=torch.float64), torch.randn(
-            n, kv_heads, head_dim, generator=g, dtype=torch.float64)
-        reference.write_kv(k, v, ref_cache, slots)
-        attention.write_kv(k, v, tpu_cache, slots)
-    qsl = [0]
-    for _, q in seqs:
-        qsl.append(qsl[-1] + q)
-    table = torch.zeros(len(seqs), max(need), dtype=torch.int32)
-    for i, t in enumerate(tables):
-        table[i, :len(t)] = torch.tensor(t)
-    step_slots = [tables[i][p // block_size] * block_size + p % block_size
-                  for i, (c, q) in enumerate(seqs) for p in range(c, c + q)]
-    md = AttentionMetadata(torch.tensor(qsl, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), table,
-                           torch.tensor(step_slots), max(q for _, q in seqs), max(lens), qsl, lens)
-    q = torch.randn(qsl[-1], kv_heads * group, head_dim, generator=g, dtype=torch.float64)
-    return q, ref_cache, tpu_cache, md
-
-
 def test_kv_layout_interleaves_key_and_value_heads():
-    _, ref_cache, tpu_cache, _ = _step([(3, 2), (0, 6)])
+    _, ref_cache, tpu_cache, _ = ragged_step([(3, 2), (0, 6)])
     assert torch.equal(tpu_cache[:, :, 0::2].nan_to_num(7.0), ref_cache[0].nan_to_num(7.0))
     assert torch.equal(tpu_cache[:, :, 1::2].nan_to_num(7.0), ref_cache[1].nan_to_num(7.0))
 
@@ -86,7 +52,7 @@ def test_padding_slots_point_past_the_cache():
 
 
 def test_pad_metadata_is_inert_and_shaped():
-    _, _, _, md = _step([(3, 2), (0, 6), (9, 1)])
+    _, _, _, md = ragged_step([(3, 2), (0, 6), (9, 1)])
     p = pad_metadata(md, 16, 8, 6)
     assert p.query_start_loc.tolist() == [0, 2, 8, 9, 9, 9, 9, 9, 9]
     assert p.seq_lens.tolist() == [5, 6, 10, 0, 0, 0, 0, 0]
@@ -103,7 +69,7 @@ def test_pad_metadata_is_inert_and_shaped():
 @pytest.mark.parametrize("window, cap", [(None, None), (3, None), (None, 5.0), (4, 5.0)])
 @pytest.mark.parametrize("seqs", [[(0, 5), (6, 1), (3, 4)], [(0, 1)], [(7, 1), (4, 1), (0, 9), (11, 5)]])
 def test_xla_attention_matches_reference_with_padding(seqs, window, cap):
-    q, ref_cache, tpu_cache, md = _step(seqs)
+    q, ref_cache, tpu_cache, md = ragged_step(seqs)
     want = reference.paged_attention(q, ref_cache, md, scale=0.3, sliding_window=window, soft_cap=cap)
     padded = pad_metadata(md, 32, 8, 8)
     for meta in (md, padded):
@@ -117,7 +83,7 @@ def test_xla_attention_matches_reference_with_padding(seqs, window, cap):
 
 def test_xla_attention_fails_a_wrong_block_table():
     """The comparison above can fail: a table pointing one block off reads NaN-poisoned or foreign pages."""
-    q, ref_cache, tpu_cache, md = _step([(6, 3), (2, 2)])
+    q, ref_cache, tpu_cache, md = ragged_step([(6, 3), (2, 2)])
     want = reference.paged_attention(q, ref_cache, md, scale=0.3)
     wrong = pad_metadata(md, 16, 8, 4)
     wrong.block_table[0, 0] = wrong.block_table[1, 0]

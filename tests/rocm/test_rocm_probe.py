@@ -228,15 +228,10 @@ def test_native_ops_bind_the_arch_launch_config(monkeypatch):
     assert seen["scale"] == 0.5 and seen["soft_cap"] == 3.0 and seen["sliding_window"] is None
 
 
-def test_communicator_is_rccl_through_the_nccl_backend(monkeypatch):
+def test_communicator_is_rccl_through_the_nccl_backend(monkeypatch, fake_process_group):
     import torch.distributed as dist
 
-    calls = {}
-    monkeypatch.setattr(dist, "is_available", lambda: True)
-    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.update(kw))
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.update(device=i))
+    calls = fake_process_group
     comm = ROCmBackend().communicator()
     assert comm.name == ROCmBackend().capabilities.communicator == "nccl"
     comm.init(rank=3, world_size=8, local_rank=1)

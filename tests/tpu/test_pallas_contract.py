@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch_xla.experimental import custom_kernel  # noqa: E402
 from torch_xla.experimental.pallas_kernels import ragged_paged_attention_v2 as rpa  # noqa: E402
-from unifer.backends import AttentionMetadata  # noqa: E402
+from tpu_steps import ragged_step  # noqa: E402
 from unifer.ops import reference  # noqa: E402
 from unifer_tpu import TPUBackend, attention  # noqa: E402
 from unifer_tpu.backend import TPU_CAPABILITIES  # noqa: E402
@@ -63,40 +63,6 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def _step(seqs, *, kv_heads, group, head_dim, block_size, dtype, seed=0):
-    """A ragged step over a NaN-poisoned cache in the reference layout and the TPU layout."""
-    g = torch.Generator().manual_seed(seed)
-    lens = [c + q for c, q in seqs]
-    need = [-(-n // block_size) for n in lens]
-    num_blocks = 2 * sum(need) + 3
-    ids = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()  # block 0 stays the null block
-    tables = []
-    for n in need:
-        tables.append(ids[:n])
-        ids = ids[n:]
-    ref_cache = torch.full((2, num_blocks, block_size, kv_heads, head_dim), float("nan"), dtype=torch.float64)
-    tpu_cache = torch.full(attention.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), float("nan"),
-                           dtype=dtype)
-    for i, n in enumerate(lens):
-        slots = torch.tensor([tables[i][p // block_size] * block_size + p % block_size for p in range(n)])
-        k = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype)
-        v = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype)
-        reference.write_kv(k.double(), v.double(), ref_cache, slots)
-        attention.write_kv(k, v, tpu_cache, slots)
-    qsl = [0]
-    for _, q in seqs:
-        qsl.append(qsl[-1] + q)
-    table = torch.zeros(len(seqs), max(need), dtype=torch.int32)
-    for i, t in enumerate(tables):
-        table[i, : len(t)] = torch.tensor(t)
-    step_slots = [tables[i][p // block_size] * block_size + p % block_size
-                  for i, (c, q) in enumerate(seqs) for p in range(c, c + q)]
-    md = AttentionMetadata(torch.tensor(qsl, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), table,
-                           torch.tensor(step_slots), max(q for _, q in seqs), max(lens), qsl, lens)
-    query = torch.randn(qsl[-1], kv_heads * group, head_dim, generator=g).to(dtype)
-    return query, ref_cache, tpu_cache, md
-
-
 def _tpu_backend(monkeypatch, max_model_len=512, block_size=16) -> TPUBackend:
     monkeypatch.setenv("PJRT_DEVICE", "TPU")
     backend = TPUBackend()
@@ -122,7 +88,7 @@ def test_pallas_path_meets_the_kernel_contract(monkeypatch, kernel_calls, step, 
     seqs = STEPS[step]
     head_dim, kv_heads, group, block_size = 128, 2, 4, 16
     backend = _tpu_backend(monkeypatch, block_size=block_size)
-    query, ref_cache, tpu_cache, md = _step(seqs, kv_heads=kv_heads, group=group, head_dim=head_dim,
+    query, ref_cache, tpu_cache, md = ragged_step(seqs, kv_heads=kv_heads, group=group, head_dim=head_dim,
                                             block_size=block_size, dtype=dtype)
     padded = backend.build_metadata(md)
     tokens, num_seqs, width = backend.buckets.pad(md.slot_mapping.shape[0], len(seqs), md.block_table.shape[1])
@@ -145,7 +111,7 @@ def test_pallas_path_meets_the_kernel_contract(monkeypatch, kernel_calls, step, 
 def test_falsy_window_and_cap_mean_none(monkeypatch, kernel_calls):
     """The kernel rejects sliding_window=0 and soft_cap=0.0; a model config may spell 'none' that way."""
     backend = _tpu_backend(monkeypatch)
-    query, _, tpu_cache, md = _step([(3, 2)], kv_heads=1, group=2, head_dim=128, block_size=16,
+    query, _, tpu_cache, md = ragged_step([(3, 2)], kv_heads=1, group=2, head_dim=128, block_size=16,
                                     dtype=torch.float32)
     backend.native_ops()["paged_attention"](query, tpu_cache, backend.build_metadata(md), scale=0.1,
                                             sliding_window=0, soft_cap=0.0)
@@ -164,7 +130,7 @@ def test_claimed_gqa_ratios_tile_for_the_kernel(dtype):
 def test_unaligned_kv_head_counts_are_refused_with_a_clear_error(monkeypatch, kernel_calls):
     """The kernel cannot tile e.g. 3 KV heads; the op says so before tracing the kernel."""
     backend = _tpu_backend(monkeypatch)
-    query, _, tpu_cache, md = _step([(3, 2)], kv_heads=3, group=1, head_dim=128, block_size=16,
+    query, _, tpu_cache, md = ragged_step([(3, 2)], kv_heads=3, group=1, head_dim=128, block_size=16,
                                     dtype=torch.float32)
     with pytest.raises(attention.Unsupported, match="3 KV heads"):
         backend.native_ops()["paged_attention"](query, tpu_cache, backend.build_metadata(md), scale=0.1)

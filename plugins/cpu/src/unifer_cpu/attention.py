@@ -47,11 +47,12 @@ def _decode_batch(out, query, kv_cache, metadata, rows, query_start, seq_lens, s
     valid = pos[None, :] < lens[:, None]  # [B, width]
     if window:
         valid &= pos[None, :] >= lens[:, None] - window
-    keep = valid[:, :, None, None]
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
-    # Slots past a sequence's end may hold anything (NaN in the conformance suite): zero them before the products.
-    k = torch.where(keep, kv_cache[0][table].reshape(len(rows), width, num_kv_heads, head_dim), 0).to(acc)
-    v = torch.where(keep, kv_cache[1][table].reshape(len(rows), width, num_kv_heads, head_dim), 0).to(acc)
+    # Slots past a sequence's end may hold anything (NaN in the conformance suite). Their scores are overwritten by
+    # the mask below, but a zero probability times a NaN value is NaN, so V's hidden rows are zeroed.
+    k = kv_cache[0][table].reshape(len(rows), width, num_kv_heads, head_dim).to(acc)
+    v = torch.where(valid[:, :, None, None], kv_cache[1][table].reshape(len(rows), width, num_kv_heads, head_dim),
+                    0).to(acc)
     tokens = torch.tensor([query_start[i] for i in rows])
     q = query[tokens].to(acc).view(len(rows), num_kv_heads, group, head_dim)
     scores = torch.einsum("bkgd,blkd->bkgl", q, k) * scale
