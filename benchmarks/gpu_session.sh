@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
-# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep model attention conformance serve;
+# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep profile attention model conformance serve;
 #                      none given: all of them, in that order)
 set -uo pipefail
 stages=" ${*:-check model attention conformance serve} "
@@ -26,11 +26,14 @@ fi
 if want sweep; then
   python3 benchmarks/attention_cuda.py --sweep 2>&1 | grep -v flashinfer | tee "$out/sweep.txt"
 fi
-if want model; then
-  python3 benchmarks/model_cuda.py --json "$out/model.json" --variants ${MODEL_VARIANTS:-4096x256,8192x256,8192x512} --profile "$out/profile.txt" 2>&1 | grep -v "Loading weights" | tee "$out/model.txt"
+if want profile; then
+  python3 benchmarks/decode_profile_cuda.py 2>&1 | tee "$out/decode-profile.txt"
 fi
 if want attention; then
   python3 benchmarks/attention_cuda.py 2>&1 | tee "$out/attention.txt"
+fi
+if want model; then
+  python3 benchmarks/model_cuda.py --json "$out/model.json" --variants ${MODEL_VARIANTS:-4096x256,8192x256,8192x512} ${MODEL_PROFILE:+--profile "$out/profile.txt"} --profile-decode "$out/profile-decode.txt" ${MODEL_ARGS:-} 2>&1 | grep -v "Loading weights" | tee "$out/model.txt"
 fi
 if want conformance; then
   timeout ${CONFORMANCE_TIMEOUT:-3000} python3 -m unifer.cli conformance --backend cuda --perf --report "$out/cuda.json" \

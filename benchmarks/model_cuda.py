@@ -60,9 +60,9 @@ def weight_bytes(llm) -> int:
     return total
 
 
-def decode_ms_per_token(llm, steps: int = 256) -> tuple[float, float | None]:
+def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None) -> tuple[float, float | None]:
     """(ms per engine step, ms per graph replay) for one request decoding ``steps`` tokens after a 128-token
-    prompt."""
+    prompt. ``profile``: also cProfile 128 more steps (after the timed ones) into this file."""
     from unifer import SamplingParams
 
     engine = llm.engine
@@ -78,6 +78,18 @@ def decode_ms_per_token(llm, steps: int = 256) -> tuple[float, float | None]:
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - t0) * 1e3 / steps
     engine.abort_request("decode")
+    if profile:
+        import cProfile
+        import pstats
+
+        engine.add_request("profile", {"prompt_token_ids": list(range(100, 228))},
+                           SamplingParams(max_tokens=140, temperature=0.0, ignore_eos=True))
+        engine.step()
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [engine.step() for _ in range(128)])
+        with open(profile, "w") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("tottime").print_stats(25)
+        engine.abort_request("profile")
     replay_ms = None
     runner = engine.runner
     if runner.graph_buckets:
@@ -144,6 +156,7 @@ def main() -> None:
     ap.add_argument("--variants", default="4096x256",
                     help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS, comma-separated")
     ap.add_argument("--profile", default=None, help="cProfile the first variant's offline run into this file")
+    ap.add_argument("--profile-decode", default=None, help="cProfile 128 batch-1 decode steps into this file")
     args = ap.parse_args()
 
     from unifer import LLM
@@ -167,7 +180,7 @@ def main() -> None:
         key = "decode_eager" if eager else "decode_graphs"
         if key not in results:
             wbytes = weight_bytes(llm)
-            step_ms, replay_ms = decode_ms_per_token(llm)
+            step_ms, replay_ms = decode_ms_per_token(llm, profile=None if eager else args.profile_decode)
             results[key] = dict(startup_s=startup, weight_bytes=wbytes, roofline_ms=wbytes / bw * 1e3,
                                 engine_step_ms=step_ms, replay_ms=replay_ms, kv_blocks=llm.engine.num_blocks)
         if not eager:

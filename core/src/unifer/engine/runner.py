@@ -56,12 +56,17 @@ class ModelRunner:
         buckets = decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
-        new = functools.partial(torch.zeros, device=self.device)
+        # The per-step inputs live in two flat device buffers with pinned host twins, so a replay's inputs go in
+        # two asynchronous copies instead of one blocking pageable copy per tensor.
+        pin = self.device.type != "cpu"
+        wide = torch.zeros(3, top, dtype=torch.int64, device=self.device)  # input ids, positions, slots
+        narrow = torch.zeros(top * (1 + max_blocks), dtype=torch.int32, device=self.device)  # seq lens, table
+        self._host = (torch.zeros(wide.shape, dtype=wide.dtype, pin_memory=pin),
+                      torch.zeros(narrow.shape, dtype=narrow.dtype, pin_memory=pin))
         st = self._static = {
-            "input_ids": new(top, dtype=torch.int64), "positions": new(top, dtype=torch.int64),
-            "slots": new(top, dtype=torch.int64), "seq_lens": new(top, dtype=torch.int32),
+            "wide": wide, "narrow": narrow, "input_ids": wide[0], "positions": wide[1], "slots": wide[2],
+            "seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks),
             "query_start": torch.arange(top + 1, dtype=torch.int32, device=self.device),
-            "block_table": new(top, max_blocks, dtype=torch.int32),
         }
         st["seq_lens"].fill_(1)
         for b in reversed(buckets):
@@ -83,20 +88,27 @@ class ModelRunner:
         if bucket is None:
             return None
         st = self._static
-        width = st["block_table"].shape[1]
-        ids = np.zeros(bucket, dtype=np.int64)
-        pos = np.zeros(bucket, dtype=np.int64)
-        slots = np.full(bucket, -1, dtype=np.int64)  # padding rows write nothing
-        seq_lens = np.ones(bucket, dtype=np.int32)  # and read one slot of the null block
-        table = np.zeros((bucket, width), dtype=np.int32)
+        top, width = st["block_table"].shape
+        # The host twins are free to overwrite: the previous step's logits were read on the host (the sampler),
+        # which waited for everything queued before them, these copies included.
+        host_wide, host_narrow = self._host
+        ids, pos, slots = host_wide.numpy()
+        ids.fill(0)
+        pos.fill(0)
+        slots.fill(-1)  # padding rows write nothing
+        narrow = host_narrow.numpy()
+        seq_lens = narrow[:top]
+        seq_lens.fill(1)  # and read one slot of the null block
+        table = narrow[top:top + bucket * width].reshape(bucket, width)
+        table.fill(0)
         bs = self.block_size
         for i, (tokens, start, _, blocks, _) in enumerate(batch):
             ids[i], pos[i], seq_lens[i] = tokens[start], start, start + 1
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
-        for name, array in (("input_ids", ids), ("positions", pos), ("slots", slots), ("seq_lens", seq_lens),
-                            ("block_table", table)):
-            st[name][:bucket].copy_(torch.from_numpy(array), non_blocking=True)
+        st["wide"].copy_(host_wide, non_blocking=True)
+        used = top + bucket * width
+        st["narrow"][:used].copy_(host_narrow[:used], non_blocking=True)
         return self._graphs[bucket]()[:n]
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

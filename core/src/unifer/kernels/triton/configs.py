@@ -65,17 +65,17 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             num_stages_prefill=2,
         ),
     ),
-    # Hopper (H100/H200): 132 SMs. Decode rows from the split-KV sweep on an H200 (benchmarks/RESULTS.md):
-    # 128-position tiles in 2 stages beat 64x3 and 32x4 at every batch and context, and ~1024 programs was the
-    # best segment count from batch 1 to 128.
+    # Hopper (H100/H200): 132 SMs. Decode rows from the split-KV sweeps on an H200 (benchmarks/RESULTS.md):
+    # 128-position tiles beat 64 and 256 (and 8 warps) at every batch and context; a third stage gains 1-7% at
+    # batch 1-8 and is within 1% at batch 64; and ~512 programs was the best segment count at batch 1, 8 and 64.
     ("cuda", 90): KernelConfigs(
         attention=replace(
             _DEFAULT.attention,
             tile_decode=128,
             num_warps=4,
-            num_stages=2,
+            num_stages=3,
             num_segments=64,
-            split_target_programs=1024,
+            split_target_programs=512,
             block_m_prefill=128,
             tile_prefill=64,
             num_warps_prefill=8,
