@@ -12,17 +12,18 @@ import pytest
 import torch
 from tpu_steps import ragged_step
 from unifer.ops import reference
+from unifer.pow2 import next_pow2
 from unifer.sample.params import SamplingParams
 from unifer.sample.sampler import Sampler, SamplingState
 from unifer_tpu import attention
-from unifer_tpu.buckets import Buckets, ladder, next_power_of_two
+from unifer_tpu.buckets import Buckets, ladder
 from unifer_tpu.metadata import pad_metadata
 
 
 # buckets ---------------------------------------------------------------------------------------------------------
 def test_bucket_arithmetic_by_hand():
-    assert [next_power_of_two(n) for n in (0, 1, 2, 3, 16, 17)] == [1, 1, 2, 4, 16, 32]
-    assert next_power_of_two(3, minimum=16) == 16
+    assert [next_pow2(n) for n in (0, 1, 2, 3, 16, 17)] == [1, 1, 2, 4, 16, 32]
+    assert next_pow2(3, minimum=16) == 16
     assert ladder(64, 16) == (16, 32, 64) and ladder(65, 16) == (16, 32, 64, 128) and ladder(5, 8) == (8,)
     b = Buckets.for_limits(max_num_batched_tokens=64, max_num_seqs=16, max_model_len=130, block_size=16)
     assert (b.tokens, b.seqs, b.block_table_width) == ((16, 32, 64), (8, 16), 9)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unifer.pow2 import next_pow2
 from unifer.sample.params import SamplingParams
 
 
@@ -35,11 +36,6 @@ class SamplerOutput:
 
 
 _PADDING_ROW = SamplingState(SamplingParams(temperature=0.0), [], [])
-
-
-def _bucket(n: int) -> int:
-    """The next power of two at or above ``n`` (at least 16)."""
-    return max(16, 1 << max(n - 1, 0).bit_length())
 
 
 class Sampler:
@@ -92,7 +88,7 @@ class Sampler:
             o_ids.extend(s.output_token_ids)
 
         def flat_index(rows: list[int], ids: list[int]) -> torch.Tensor:
-            pad = _bucket(len(rows)) - len(rows)
+            pad = next_pow2(len(rows), 16) - len(rows)
             rows_t = torch.tensor(rows + [num_rows] * pad, dtype=torch.int64, device=device)
             return rows_t * vocab + torch.tensor(ids + [0] * pad, dtype=torch.int64, device=device)
 

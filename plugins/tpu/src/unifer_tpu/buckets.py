@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unifer.pow2 import next_pow2
+
 MIN_TOKENS = 16  # TPU tiles are 8 x 128; smaller token counts buy nothing
 MIN_SEQS = 8
 
 
-def next_power_of_two(n: int, minimum: int = 1) -> int:
-    n = max(int(n), minimum, 1)
-    return 1 << (n - 1).bit_length()
-
-
 def ladder(limit: int, minimum: int) -> tuple[int, ...]:
     """minimum, 2 x minimum, ... up to the first size >= limit."""
-    sizes = [next_power_of_two(minimum)]
+    sizes = [next_pow2(minimum)]
     while sizes[-1] < limit:
         sizes.append(sizes[-1] * 2)
     return tuple(sizes)
@@ -45,7 +42,7 @@ class Buckets:
         seqs = _fit(num_seqs, self.seqs, MIN_SEQS)
         width = self.block_table_width
         if width is None or max_blocks > width:
-            width = next_power_of_two(max_blocks)
+            width = next_pow2(max_blocks)
         return tokens, seqs, width
 
     def shapes(self) -> list[tuple[int, int]]:
@@ -65,4 +62,4 @@ def _fit(n: int, sizes: tuple[int, ...], minimum: int) -> int:
     for size in sizes:
         if size >= n:
             return size
-    return next_power_of_two(n, minimum)
+    return next_pow2(n, minimum)

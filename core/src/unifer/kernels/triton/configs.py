@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from unifer.pow2 import next_pow2
+
 
 @dataclass(frozen=True)
 class AttentionConfig:
@@ -119,20 +121,16 @@ def lookup(vendor: str | None, arch: int | str | None) -> KernelConfigs:
     return CONFIGS[("default", None)]
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 def attention_launch(cfg: AttentionConfig, *, head_dim: int, group: int, decode: bool) -> dict:
     """Block shapes and launch options of the attention kernel for one batch kind (shared by the launcher and
     the AOT compile check, so both build the same variants)."""
-    head_pad = max(_pow2(head_dim), 16)
-    block_m = max(cfg.block_m if decode else cfg.block_m_prefill, _pow2(group), 16)
+    head_pad = next_pow2(head_dim, 16)
+    block_m = max(cfg.block_m if decode else cfg.block_m_prefill, next_pow2(group, 16))
     tile = cfg.tile_decode if decode else cfg.tile_prefill
     if head_pad >= 256:
         tile = min(tile, 32)  # keeps the K and V tiles of a stage within shared memory
         if not decode:
-            block_m = min(block_m, max(64, _pow2(group)))
+            block_m = min(block_m, next_pow2(group, 64))
     return dict(
         HEAD_PAD=head_pad,
         BLOCK_M=block_m,

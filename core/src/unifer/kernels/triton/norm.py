@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from unifer.kernels.triton.util import acc_dtype, next_pow2, tl_acc
+from unifer.kernels.triton.util import acc_dtype, tl_acc
+from unifer.pow2 import next_pow2
 
 
 @triton.jit

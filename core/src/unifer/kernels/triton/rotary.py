@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from unifer.kernels.triton.util import current_configs, next_pow2
+from unifer.kernels.triton.util import current_configs
+from unifer.pow2 import next_pow2
 
 
 @triton.jit

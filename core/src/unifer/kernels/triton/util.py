@@ -9,10 +9,6 @@ import torch
 from unifer.kernels.triton.configs import KernelConfigs, lookup
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulate in float32, or float64 for float64 inputs (as the reference does)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
