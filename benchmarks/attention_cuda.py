@@ -224,6 +224,20 @@ def flashinfer_decode(q, caches, md, batch, ctx):
         return f"error: {type(exc).__name__}: {str(exc)[:60]}"
 
 
+def bench_batch(query_lens, context_lens, dtype, device):
+    """The benchmark shape's paged batch, without NaN poisoning."""
+    return make_paged(query_lens, context_lens, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
+                      block_size=BLOCK, dtype=dtype, device=device, nan=False)
+
+
+def contiguous_kv(cache, md, batch, length):
+    """The first ``length`` positions of each sequence's K and V, laid out contiguously for SDPA: [B, KH, len, D]."""
+    pages = md.block_table[:, :-(-length // BLOCK)].long()
+    k = cache[0][pages].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :length]
+    v = cache[1][pages].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :length]
+    return k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+
+
 def run_benchmarks(device: str) -> None:
     dtype = torch.bfloat16
     props = torch.cuda.get_device_properties(device)
@@ -242,17 +256,7 @@ def run_benchmarks(device: str) -> None:
     rows = []
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, cache, md = make_paged(
-                [1] * batch,
-                [ctx - 1] * batch,
-                heads=HEADS,
-                kv_heads=KV_HEADS,
-                head_dim=HEAD_DIM,
-                block_size=BLOCK,
-                dtype=dtype,
-                device=device,
-                nan=False,
-            )
+            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, dtype, device)
             scale = HEAD_DIM**-0.5
             t_eager = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
             kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
@@ -263,11 +267,7 @@ def run_benchmarks(device: str) -> None:
             caches = [cache] + [cache.clone() for _ in range(n - 1)]
             t = bench_graph(lambda q=q, md=md, s=scale, cs=caches: [attention(q, c, md, scale=s) for c in cs]) / n
             bw = kv_bytes / (t * 1e-3)
-            # the same K/V laid out contiguously for SDPA: [B, KH, ctx, D]
-            per_seq = -(-ctx // BLOCK)
-            k = cache[0][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :ctx]
-            v = cache[1][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :ctx]
-            k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+            k, v = contiguous_kv(cache, md, batch, ctx)
             kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
             qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
             ts = bench_graph(lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs]) / n
@@ -280,24 +280,11 @@ def run_benchmarks(device: str) -> None:
             )
             del caches, kvs
     for batch, seqlen in ((4, 1024), (4, 4096)):
-        q, cache, md = make_paged(
-            [seqlen] * batch,
-            [0] * batch,
-            heads=HEADS,
-            kv_heads=KV_HEADS,
-            head_dim=HEAD_DIM,
-            block_size=BLOCK,
-            dtype=dtype,
-            device=device,
-            nan=False,
-        )
+        q, cache, md = bench_batch([seqlen] * batch, [0] * batch, dtype, device)
         scale = HEAD_DIM**-0.5
         t = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
         flops = 4 * batch * HEADS * HEAD_DIM * seqlen * seqlen / 2  # QK^T and PV, causal half
-        per_seq = -(-seqlen // BLOCK)
-        k = cache[0][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :seqlen]
-        v = cache[1][md.block_table[:, :per_seq].long()].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :seqlen]
-        k, v = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        k, v = contiguous_kv(cache, md, batch, seqlen)
         qs = q.view(batch, seqlen, HEADS, HEAD_DIM).transpose(1, 2).contiguous()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -348,9 +335,7 @@ def sweep(device: str) -> None:
     print(f"{'batch':>5}{'ctx':>7}{'variant':>10}{cells}  best %copy")
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, cache, md = make_paged([1] * batch, [ctx - 1] * batch, heads=HEADS, kv_heads=KV_HEADS,
-                                      head_dim=HEAD_DIM, block_size=BLOCK, dtype=torch.bfloat16, device=device,
-                                      nan=False)
+            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
             hnd = cache.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)
             kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
             for name, (cfg, layout) in variants.items():
