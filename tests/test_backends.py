@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from plugin_dist import write_backend_dist
 from unifer.backends import API_VERSION, BackendSelectionError, Unsupported, discover, select_backend
 from unifer.backends.registry import api_compatible
 from unifer.ops import OP_NAMES, reference
@@ -39,10 +40,7 @@ def unifer_register_backends(registry):
 def install_plugin(root, dist: str, module: str, source: str) -> None:
     """A test-only distribution on sys.path: a module plus dist-info with a ``unifer.backends`` entry point."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[unifer.backends]\n{module} = {module}\n")
+    write_backend_dist(root, dist, module, module)
 
 
 def plugin_source(name, priority=5, ok=True, api=API_VERSION, register=None):

@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 from defective_backends.backends import DEFECTS
+from plugin_dist import write_backend_dist
 from unifer_conformance.report import exit_code
 from unifer_conformance.suite import run_suite
 
@@ -41,10 +42,7 @@ MAY_CATCH = {  # families downstream of the defective op, which may also notice 
 @pytest.fixture(scope="module", autouse=True)
 def defective_plugin(tmp_path_factory):
     root = tmp_path_factory.mktemp("defective-site")
-    info = root / "unifer_defective_backends-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: unifer-defective-backends\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[unifer.backends]\ndefective = defective_backends.plugin\n")
+    write_backend_dist(root, "unifer_defective_backends", "defective", "defective_backends.plugin")
     sys.path.insert(0, str(root))
     importlib.invalidate_caches()
     yield

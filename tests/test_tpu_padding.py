@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from plugin_dist import write_backend_dist
 from tpu_steps import ragged_step
 from unifer.ops import reference
 from unifer.pow2 import next_pow2
@@ -179,10 +180,7 @@ def unifer_register_backends(registry):
 def emulation(tmp_path_factory):
     root = tmp_path_factory.mktemp("tpu-emulation")
     (root / "tpu_emulation.py").write_text(textwrap.dedent(EMULATION))
-    info = root / "tpu_emulation-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tpu-emulation\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[unifer.backends]\ntpu_emulation = tpu_emulation\n")
+    write_backend_dist(root, "tpu_emulation", "tpu_emulation", "tpu_emulation")
     sys.path.insert(0, str(root))
     importlib.invalidate_caches()
     yield importlib.import_module("tpu_emulation")

@@ -41,6 +41,7 @@ class ModelRunner:
         self.device = device
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
+        self._host: tuple[torch.Tensor, ...] = ()  # pinned host twins of _static's flat buffers
 
     # decode graphs --------------------------------------------------------------------------------------------
     @property
