@@ -2,7 +2,8 @@
 
 3. Batch-1 decode: ms per token against the roofline (weight bytes / copy bandwidth measured in the same run),
    both for the captured decode step alone (graph replay) and for the whole engine step (schedule, runner,
-   model, sampler, detokenizer), with decode graphs and with --enforce-eager.
+   model, sampler, detokenizer), with decode graphs and with --enforce-eager; and with asynchronous scheduling
+   (the default where the backend has step events) against synchronous scheduling, on a variant marked ":sync".
 4. Offline throughput: N requests, prompt lengths uniform in 128-1024, output lengths uniform in 64-512
    (ignore_eos); output tokens/s of unifer against transformers ``generate`` (batched, left-padded, same
    prompts, same GPU, same run). transformers cannot stop rows at different lengths, so each of its batches
@@ -106,12 +107,17 @@ def requests(n: int, seed: int = 0):
             for _ in range(n)]
 
 
-def run_unifer(llm, reqs) -> float:
+def run_unifer(llm, reqs, warm) -> float:
+    """Seconds to generate ``reqs``, after generating ``warm`` (as many requests, other prompts: every kernel
+    specialisation compiled, no prefix-cache hits)."""
     from unifer import SamplingParams
 
-    prompts = [{"prompt_token_ids": p} for p, _ in reqs]
-    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, m in reqs]
-    llm.generate(prompts[:8], params[:8], use_tqdm=False)  # warm-up
+    def inputs(batch):
+        return ([{"prompt_token_ids": p} for p, _ in batch],
+                [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for _, m in batch])
+
+    llm.generate(*inputs(warm), use_tqdm=False)
+    prompts, params = inputs(reqs)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -154,7 +160,8 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--variants", default="4096x256",
-                    help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS, comma-separated")
+                    help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS[:sync], comma-separated "
+                         "(:sync turns asynchronous scheduling off)")
     ap.add_argument("--profile", default=None, help="cProfile the first variant's offline run into this file")
     ap.add_argument("--profile-decode", default=None, help="cProfile 128 batch-1 decode steps into this file")
     args = ap.parse_args()
@@ -167,20 +174,25 @@ def main() -> None:
 
     # 3. batch-1 decode, eager then with graphs; 4. offline throughput per engine variant (one engine at a time:
     # each takes the memory share it is given)
-    reqs = requests(args.requests)
+    reqs, warm = requests(args.requests), requests(args.requests, seed=1)
     out_tokens = sum(m for _, m in reqs)
     results["offline"] = dict(requests=len(reqs), output_tokens=out_tokens, variants={})
-    variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
+    variants = []
+    for v in args.variants.split(","):
+        shape, _, mode = v.partition(":")
+        budget, seqs = (int(x) for x in shape.split("x"))
+        variants.append((budget, seqs, mode != "sync"))
     for eager, variant in [(True, variants[0])] + [(False, v) for v in variants]:
-        budget, seqs = variant
+        budget, seqs, asynchronous = variant
         t0 = time.perf_counter()
         llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, enforce_eager=eager,
-                  max_num_batched_tokens=budget, max_num_seqs=seqs)
+                  max_num_batched_tokens=budget, max_num_seqs=seqs, async_scheduling=asynchronous)
         startup = time.perf_counter() - t0
-        key = "decode_eager" if eager else "decode_graphs"
+        key = "decode_eager" if eager else "decode_graphs" if asynchronous else "decode_graphs_sync"
         if key not in results:
             wbytes = weight_bytes(llm)
-            step_ms, replay_ms = decode_ms_per_token(llm, profile=None if eager else args.profile_decode)
+            step_ms, replay_ms = decode_ms_per_token(llm, profile=args.profile_decode if key == "decode_graphs"
+                                                     else None)
             results[key] = dict(startup_s=startup, weight_bytes=wbytes, roofline_ms=wbytes / bw * 1e3,
                                 engine_step_ms=step_ms, replay_ms=replay_ms, kv_blocks=llm.engine.num_blocks)
         if not eager:
@@ -189,12 +201,13 @@ def main() -> None:
                 import pstats
 
                 profiler = cProfile.Profile()
-                elapsed = profiler.runcall(run_unifer, llm, reqs)
+                elapsed = profiler.runcall(run_unifer, llm, reqs, warm)
                 stats = pstats.Stats(profiler, stream=open(args.profile, "w"))
                 stats.sort_stats("tottime").print_stats(30)
             else:
-                elapsed = run_unifer(llm, reqs)
-            results["offline"]["variants"][f"budget {budget}, max_num_seqs {seqs}"] = dict(
+                elapsed = run_unifer(llm, reqs, warm)
+            name = f"budget {budget}, max_num_seqs {seqs}" + ("" if asynchronous else ", synchronous scheduling")
+            results["offline"]["variants"][name] = dict(
                 unifer_s=elapsed, unifer_tok_s=out_tokens / elapsed, startup_s=startup)
         del llm
         gc.collect()
@@ -210,7 +223,9 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"device: {results['device']}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    for key in ("graphs", "eager"):
+    for key in ("graphs", "graphs_sync", "eager"):
+        if f"decode_{key}" not in results:
+            continue
         r = results[f"decode_{key}"]
         line = (f"batch-1 decode ({key}): roofline {r['roofline_ms']:.3f} ms/token ({r['weight_bytes'] / 1e9:.2f} GB "
                 f"of weights); engine step {r['engine_step_ms']:.3f} ms = {r['roofline_ms'] / r['engine_step_ms']:.0%}"

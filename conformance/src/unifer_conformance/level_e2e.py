@@ -1,6 +1,7 @@
 """Level 4: end to end. Tiny Llama and Qwen2 checkpoints generate the same greedy tokens as the CPU reference
-backend (logprobs close; at a first difference each side's token must be in the other's top-N), and a 500-step
-run with arrivals and aborts leaks no KV block and keeps device memory flat."""
+backend (logprobs close; at a first difference each side's token must be in the other's top-N), a 500-step
+run with arrivals and aborts leaks no KV block and keeps device memory flat, and a backend with step events gives
+the same outputs with asynchronous scheduling as without."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ PROMPT_LENS = (5, 16, 17, 43, 70)  # one token, exactly one block, one past, and
 _REFERENCE_RUNS: dict = {}  # (checkpoint, dtype, block size) -> outputs of the reference backend
 
 
-def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int):
+def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int, async_scheduling=None):
     from unifer import LLM
 
     return LLM(model=str(path), backend=backend_name, dtype=dtype, block_size=block_size, num_blocks=num_blocks,
-               max_model_len=512, seed=0)
+               max_model_len=512, seed=0, async_scheduling=async_scheduling)
 
 
 def _generate(path, backend_name, dtype, block_size, prompts):
@@ -134,6 +135,45 @@ def _leak(arch: str, steps: int = 500):
     return run
 
 
+def _async_matches_sync(arch: str):
+    def run(backend, config, seed):
+        from unifer import SamplingParams
+
+        rng = random.Random(seed)
+        head = 64 if 64 in backend.capabilities.head_sizes else grid.default_head_size(backend)
+        bs = grid.default_block_size(backend)
+        dtype = "float32" if "float32" in backend.capabilities.dtypes else backend.capabilities.dtypes[0]
+        path = tiny_models.checkpoint(arch, head, backend.capabilities.max_gqa_ratio)
+        prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]} for n in PROMPT_LENS]
+        greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        # Small pool: preemption; seeded sampling; a stop token that fires part-way (from a first run).
+        sync_llm = _llm(path, backend.name, dtype, bs, num_blocks=16, async_scheduling=False)
+        stop = sync_llm.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids[MAX_TOKENS // 3]
+        params = [greedy, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[stop]),
+                  SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randrange(1000), max_tokens=MAX_TOKENS, n=2),
+                  SamplingParams(temperature=0.0, max_tokens=1), greedy]
+        params = [params[i % len(params)] for i in range(len(prompts))]
+
+        def outputs(llm):
+            return [[(c.token_ids, c.finish_reason) for c in o.outputs]
+                    for o in llm.generate(prompts, params, use_tqdm=False)]
+
+        want = outputs(sync_llm)
+        del sync_llm
+        async_llm = _llm(path, backend.name, dtype, bs, num_blocks=16, async_scheduling=True)
+        got = outputs(async_llm)
+        engine = async_llm.engine
+        problems = [f"prompt {i} ({len(prompts[i]['prompt_token_ids'])} tokens): {g} with asynchronous scheduling, "
+                    f"{w} without" for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+        if engine.kv.num_free_blocks != engine.num_blocks - 1:
+            problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
+        msg = (f"{len(prompts)} prompts (greedy, stop token, seeded n=2, one token) identical in {dtype}, with "
+               f"{engine.scheduler.num_preemptions} preemption(s)")
+        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or msg)
+
+    return run
+
+
 def _free_memory(backend):
     try:
         return backend.memory_info()[0]
@@ -152,4 +192,7 @@ def cases(backend) -> list[Case]:
                 continue  # reduced precision: one architecture is enough to keep the run short
             out.append(Case(cid, "e2e", None if why else _greedy(arch, dtype), dict(arch=arch, dtype=dtype), why))
     out.append(Case("e2e/no_leak/llama/500_steps", "e2e", _leak("llama"), dict(arch="llama", steps=500)))
+    events = backend.step_event() is not None
+    out.append(Case("e2e/async_matches_sync/llama", "e2e", _async_matches_sync("llama") if events else None,
+                    dict(arch="llama"), "" if events else "the backend has no step events"))
     return out

@@ -45,6 +45,9 @@ class EngineConfig(_Config):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     backend: str | None = None
     enforce_eager: bool = Field(default=False, description="Never capture or replay graphs (debugging)")
+    async_scheduling: bool | None = Field(
+        default=None, description="Schedule and launch each step before reading the last one's tokens, so host "
+                                  "work overlaps the device's. None: on where the backend has step events")
 
     @model_validator(mode="after")
     def _budget_fits(self) -> EngineConfig:

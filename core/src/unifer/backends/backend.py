@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 
 class Unsupported(Exception):
@@ -205,6 +205,16 @@ class Backend:
         engine step; its int and float entries are exported on /metrics as ``unifer_backend_<key>``. Cheap; never
         initialises a device. Default: none."""
         return {}
+
+    def step_event(self):
+        """A fresh event for asynchronous scheduling, or None (the default), which turns it off.
+
+        The event has ``record()`` (mark how far the device's queue has got) and ``synchronize()`` (block the host
+        until the device is past that mark), as ``torch.Event`` has. With events, the engine launches step
+        N+1 before it reads step N's sampled tokens: they reach the host by a non-blocking copy that the event
+        guards, and step N+1 takes its input tokens from step N's device tensor. A backend whose ops complete
+        before they return (the host waits anyway) gains nothing from it."""
+        return None
 
     def graph_runner(self):
         """An object that captures decode steps, or None when this backend has none.

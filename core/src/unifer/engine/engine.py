@@ -17,7 +17,7 @@ from unifer.model.loader import checkpoint_dir, iter_weights, read_config, resol
 from unifer.model.registry import ModelRegistry
 from unifer.model.tokenizer import Tokenizer
 from unifer.sample.params import SamplingParams
-from unifer.sample.sampler import Sampler, SamplingState
+from unifer.sample.sampler import PendingSample, Sampler, SamplerOutput, SamplingState
 from unifer.sched.request import Request, RequestStatus
 from unifer.sched.scheduler import Scheduler
 
@@ -50,6 +50,15 @@ class _Parent:
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids,
                              [s.output for s in self.sequences], self.finished,
                              self.sequences[0].request.num_cached_prompt_tokens)
+
+
+@dataclass
+class _InFlight:
+    """A step whose sampled tokens the host has not read yet."""
+
+    sampling: list[tuple[_Parent, _Sequence]]  # its sampled rows, in order
+    pending: PendingSample
+    placed: list[Request]  # the requests holding a placeholder for their row's token
 
 
 class LLMEngine:
@@ -90,6 +99,13 @@ class LLMEngine:
         self.backend.warm_up(runner=self.runner, sampler=self.sampler, max_model_len=self.max_model_len,
                              max_num_batched_tokens=sched.max_num_batched_tokens, max_num_seqs=sched.max_num_seqs,
                              block_size=block_size)
+        has_events = self.backend.step_event() is not None
+        if config.async_scheduling and not has_events:
+            raise ValueError(f"backend {self.backend.name!r} has no step events, which asynchronous scheduling "
+                             "needs; leave async_scheduling unset or False")
+        # May be switched between steps: a step in flight is resolved either way.
+        self.async_scheduling = has_events if config.async_scheduling is None else config.async_scheduling
+        self._inflight: _InFlight | None = None
         self._parents: dict[str, _Parent] = {}
         self._sequences: dict[str, tuple[_Parent, _Sequence]] = {}
         self.num_generated_tokens = 0
@@ -218,24 +234,69 @@ class LLMEngine:
 
     # the step -------------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling step; returns an output for every request that produced a token this step."""
+        """Run one scheduling step; returns an output for every request that got a token.
+
+        Under asynchronous scheduling those tokens are the previous step's: this step is scheduled and launched
+        first, with each running sequence's unread token as a placeholder that the device fills in, so the host's
+        work overlaps the device's. A sequence that stopped on that token has had one token too many computed,
+        which is dropped."""
+        inflight, self._inflight = self._inflight, None
         plan = self.scheduler.schedule()
         if not plan.scheduled:
+            if inflight is not None:
+                return self._resolve(inflight)
             if self._parents:  # admission control guarantees progress; never spin silently
                 raise RuntimeError(f"the scheduler made no progress with {len(self._parents)} requests pending")
             return []
         rows = [(s.request.all_token_ids, s.start, s.num_new_tokens, self.kv.block_ids(s.request.request_id),
                  s.samples) for s in plan.scheduled]
-        logits = self.runner.execute(rows)
-        self.scheduler.finish_step(plan)
         sampling = [self._sequences[s.request.request_id] for s in plan.scheduled if s.samples]
-        if not sampling:
-            return []
-        states = [SamplingState(seq.request.sampling_params, seq.request.prompt_token_ids,
-                                seq.request.output_token_ids, seq.generator) for _, seq in sampling]
-        result = self.sampler(logits, states)
+        outputs: list[RequestOutput] = []
+        if inflight is not None and any(seq.request.sampling_params.uses_penalties for _, seq in sampling):
+            # Penalties count every output token on the host: resolve the placeholders before sampling.
+            outputs, inflight = self._resolve(inflight), None
+        logits = self.runner.execute(rows, inflight.pending.tokens if inflight is not None and inflight.placed
+                                     else None)
+        pending = None
+        if sampling:
+            states = [SamplingState(seq.request.sampling_params, seq.request.prompt_token_ids,
+                                    seq.request.output_token_ids, seq.generator) for _, seq in sampling]
+            event = self.backend.step_event() if self.async_scheduling else None
+            pending = self.sampler.launch(logits, states, event)
+        if inflight is not None:
+            outputs = self._resolve(inflight)
+        # After the resolve: the blocks this step filled are hashed by their real tokens.
+        self.scheduler.finish_step(plan)
+        if pending is None:
+            return outputs
+        if self.async_scheduling:
+            self._inflight = self._place(sampling, pending)
+            return outputs
+        return self._finish(sampling, pending.result())
+
+    def _place(self, sampling: list[tuple[_Parent, _Sequence]], pending: PendingSample) -> _InFlight:
+        """Append a placeholder for each sampled row's unread token, so the next step can be scheduled now. A
+        sequence that the token must end by length gets none: it is left with nothing to compute."""
+        placed = []
+        for j, (_, seq) in enumerate(sampling):
+            request, params = seq.request, seq.request.sampling_params
+            if request.status is not RequestStatus.RUNNING or request.num_tokens + 1 >= self.max_model_len or (
+                    params.max_tokens is not None and request.num_output_tokens + 1 >= params.max_tokens):
+                continue
+            request.append_token(-(j + 1))
+            placed.append(request)
+        return _InFlight(sampling, pending, placed)
+
+    def _resolve(self, inflight: _InFlight) -> list[RequestOutput]:
+        for request in inflight.placed:
+            request.all_token_ids.pop()  # the placeholder; _append adds the token in its place
+        return self._finish(inflight.sampling, inflight.pending.result())
+
+    def _finish(self, sampling: list[tuple[_Parent, _Sequence]], result: SamplerOutput) -> list[RequestOutput]:
         touched: dict[str, _Parent] = {}
         for (parent, seq), token, logprobs in zip(sampling, result.token_ids, result.logprobs):
+            if seq.output.finished:  # stopped on the previous token, or aborted, since this row was launched
+                continue
             self._append(seq, token, logprobs)
             touched[parent.request_id] = parent
         outputs = []

@@ -31,6 +31,7 @@ class LLM:
         enable_chunked_prefill: bool = True,
         gpu_memory_utilization: float | None = None,
         enforce_eager: bool = False,
+        async_scheduling: bool | None = None,
     ) -> None:
         if gpu_memory_utilization is not None:  # vLLM's name for the same setting
             memory_fraction = gpu_memory_utilization
@@ -42,6 +43,7 @@ class LLM:
                                       enable_chunked_prefill=enable_chunked_prefill),
             backend=backend,
             enforce_eager=enforce_eager,
+            async_scheduling=async_scheduling,
         )
         self.engine = LLMEngine(config)
         self._ids = itertools.count()

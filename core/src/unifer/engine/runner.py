@@ -20,6 +20,12 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
 MAX_GRAPH_BATCH = 256  # larger decode batches are compute bound: a graph saves little there
 
 
+def _fill_placeholders(ids: torch.Tensor, prev_tokens: torch.Tensor) -> None:
+    """Replace each placeholder -(j + 1) in ``ids`` by ``prev_tokens[j]``, on the device."""
+    rows = (-1 - ids).clamp_(min=0)
+    ids.copy_(torch.where(ids < 0, prev_tokens[rows], ids))
+
+
 def _no_grad(method):
     """torch.inference_mode, or torch.no_grad where the backend opts out of inference tensors."""
 
@@ -41,7 +47,10 @@ class ModelRunner:
         self.device = device
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
-        self._host: tuple[torch.Tensor, ...] = ()  # pinned host twins of _static's flat buffers
+        # Two pinned host twins of _static's flat buffers, used in turn: under asynchronous scheduling a replay's
+        # inputs are staged while the previous replay's copies may still be queued.
+        self._host: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._turn = 0
 
     # decode graphs --------------------------------------------------------------------------------------------
     @property
@@ -62,8 +71,8 @@ class ModelRunner:
         pin = self.device.type != "cpu"
         wide = torch.zeros(3, top, dtype=torch.int64, device=self.device)  # input ids, positions, slots
         narrow = torch.zeros(top * (1 + max_blocks), dtype=torch.int32, device=self.device)  # seq lens, table
-        self._host = (torch.zeros(wide.shape, dtype=wide.dtype, pin_memory=pin),
-                      torch.zeros(narrow.shape, dtype=narrow.dtype, pin_memory=pin))
+        self._host = [(torch.zeros(wide.shape, dtype=wide.dtype, pin_memory=pin),
+                       torch.zeros(narrow.shape, dtype=narrow.dtype, pin_memory=pin)) for _ in range(2)]
         st = self._static = {
             "wide": wide, "narrow": narrow, "input_ids": wide[0], "positions": wide[1], "slots": wide[2],
             "seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks),
@@ -83,16 +92,17 @@ class ModelRunner:
         hidden = self.model(st["input_ids"][:b], st["positions"][:b], self.kv_caches, metadata)
         return self.model.compute_logits(hidden)
 
-    def _replay_decode(self, batch) -> torch.Tensor | None:
+    def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
         n = len(batch)
         bucket = next((b for b in sorted(self._graphs) if b >= n), None)
         if bucket is None:
             return None
         st = self._static
         top, width = st["block_table"].shape
-        # The host twins are free to overwrite: the previous step's logits were read on the host (the sampler),
-        # which waited for everything queued before them, these copies included.
-        host_wide, host_narrow = self._host
+        # This pair was last copied from two replays ago: the host has read that step's sampled tokens since, so
+        # the device is past those copies.
+        host_wide, host_narrow = self._host[self._turn]
+        self._turn ^= 1
         ids, pos, slots = host_wide.numpy()
         ids.fill(0)
         pos.fill(0)
@@ -110,17 +120,23 @@ class ModelRunner:
         st["wide"].copy_(host_wide, non_blocking=True)
         used = top + bucket * width
         st["narrow"][:used].copy_(host_narrow[:used], non_blocking=True)
+        if prev_tokens is not None:
+            _fill_placeholders(st["input_ids"][:n], prev_tokens)
         return self._graphs[bucket]()[:n]
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)
 
     @_no_grad
-    def execute(self, batch: list[tuple[list[int], int, int, list[int], bool]]) -> torch.Tensor:
+    def execute(self, batch: list[tuple[list[int], int, int, list[int], bool]],
+                prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run one step. ``batch`` rows: (all token ids, start, num_new_tokens, block ids, samples).
-        Returns float32 logits for the rows that sample, in batch order."""
+        Returns float32 logits for the rows that sample, in batch order.
+
+        A negative token id -(j + 1) stands for row j of ``prev_tokens``: a token the previous step sampled on
+        the device that the host has not read yet (asynchronous scheduling)."""
         if self._graphs and all(n == 1 and samples for _, _, n, _, samples in batch):
-            logits = self._replay_decode(batch)
+            logits = self._replay_decode(batch, prev_tokens)
             if logits is not None:
                 return logits
         bs = self.block_size
@@ -160,8 +176,10 @@ class ModelRunner:
             seq_lens_host=seq_lens.tolist(),
         )
         metadata = self.backend.build_metadata(metadata)
-        hidden = self.model(self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64),
-                            self.kv_caches, metadata)
+        ids = self._to_device(input_ids, torch.int64)
+        if prev_tokens is not None:
+            _fill_placeholders(ids, prev_tokens)
+        hidden = self.model(ids, self._to_device(positions, torch.int64), self.kv_caches, metadata)
         last = np.pad(query_start[1:][sample_rows] - 1, (0, num_samples - len(sample_rows)))
         logits = self.model.compute_logits(hidden[torch.as_tensor(last, device=self.device)])
         self.backend.end_step()

@@ -38,11 +38,57 @@ class SamplerOutput:
 _PADDING_ROW = SamplingState(SamplingParams(temperature=0.0), [], [])
 
 
+class PendingSample:
+    """A batch's sampled tokens on their way to the host. ``tokens`` stays on the device, where the next step can
+    read it as input before the host has; ``result()`` waits for the copies and builds the SamplerOutput."""
+
+    def __init__(self, tokens: torch.Tensor, host: dict[str, torch.Tensor], event, params: list[SamplingParams],
+                 num_rows: int) -> None:
+        self.tokens = tokens
+        self._host = host
+        self._event = event
+        self._params = params
+        self._num_rows = num_rows
+
+    def result(self) -> SamplerOutput:
+        if self._event is not None:
+            self._event.synchronize()
+        host, n = self._host, self._num_rows
+        token_list = host["tokens"].tolist()[:n]
+        if "sampled" not in host:
+            return SamplerOutput(token_list, [None] * n, None)
+        sampled = host["sampled"].tolist()
+        top_ids = host["top_ids"].tolist() if "top_ids" in host else None
+        top_vals = host["top_vals"].tolist() if "top_vals" in host else None
+        logprobs: list[dict[int, float] | None] = []
+        sampled_logprob: list[float | None] = []
+        for row, p in enumerate(self._params[:n]):
+            if p.logprobs is None:
+                logprobs.append(None)
+                sampled_logprob.append(None)
+                continue
+            entry = dict(zip(top_ids[row][: p.logprobs], top_vals[row][: p.logprobs])) if p.logprobs else {}
+            entry[token_list[row]] = sampled[row]
+            logprobs.append(entry)
+            sampled_logprob.append(sampled[row])
+        return SamplerOutput(token_list, logprobs, sampled_logprob)
+
+
 class Sampler:
     def __init__(self, ops) -> None:
         self.ops = ops
+        # Pinned host buffers that non-blocking copies land in: two sets, used in turn, since one step's results
+        # are read on the host only after the next step's copies are queued.
+        self._pinned: dict[tuple[str, int], torch.Tensor] = {}
+        self._turn = 0
 
     def __call__(self, logits: torch.Tensor, batch: list[SamplingState]) -> SamplerOutput:
+        return self.launch(logits, batch).result()
+
+    def launch(self, logits: torch.Tensor, batch: list[SamplingState], event=None) -> PendingSample:
+        """Queue the sampling of ``batch`` and the copies of its results to the host. With ``event`` (a backend's
+        step event) the copies are non-blocking and the event, recorded after them, guards them; without one
+        they complete before this returns."""
         if logits.dim() != 2 or logits.shape[0] < len(batch):
             raise ValueError(f"logits must be [B, V] with B >= {len(batch)} rows, got {tuple(logits.shape)}")
         num_rows = len(batch)
@@ -64,12 +110,31 @@ class Sampler:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._sample(logits, params, greedy, [s.generator for s in batch])
+        tokens = tokens.to(torch.int64)
 
-        token_list = tokens.tolist()
-        if raw_logprobs is None:
-            return SamplerOutput(token_list[:num_rows], [None] * num_rows, None)
-        out = self._gather_logprobs(raw_logprobs, tokens, token_list, params)
-        return SamplerOutput(out.token_ids[:num_rows], out.logprobs[:num_rows], out.sampled_logprob[:num_rows])
+        device = {"tokens": tokens}
+        if raw_logprobs is not None:
+            device["sampled"] = raw_logprobs.gather(-1, tokens.view(-1, 1)).squeeze(-1)
+            max_n = max(p.logprobs or 0 for p in params)
+            if max_n:
+                device["top_vals"], device["top_ids"] = raw_logprobs.topk(max_n, dim=-1)
+        if event is None:
+            host = {name: t.to("cpu") for name, t in device.items()}
+        else:
+            host = {name: self._copy_to_pinned(name, t) for name, t in device.items()}
+            event.record()
+            self._turn ^= 1
+        return PendingSample(tokens, host, event, params, num_rows)
+
+    def _copy_to_pinned(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        key = (name, self._turn)
+        buf = self._pinned.get(key)
+        if buf is None or buf.numel() < t.numel():
+            buf = self._pinned[key] = torch.empty(next_pow2(t.numel(), 256), dtype=t.dtype,
+                                                  pin_memory=t.device.type != "cpu")
+        out = buf[:t.numel()].view(t.shape)
+        out.copy_(t, non_blocking=True)
+        return out
 
     # stages ----------------------------------------------------------------------------------------------------
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
@@ -131,26 +196,3 @@ class Sampler:
             return sampled
         is_greedy = torch.tensor(greedy, dtype=torch.bool, device=device)
         return torch.where(is_greedy, greedy_tokens, sampled.to(greedy_tokens.dtype))
-
-    @staticmethod
-    def _gather_logprobs(raw_logprobs: torch.Tensor, tokens: torch.Tensor, token_list: list[int],
-                         params: list[SamplingParams]) -> SamplerOutput:
-        max_n = max(p.logprobs or 0 for p in params)
-        sampled = raw_logprobs.gather(-1, tokens.view(-1, 1).to(torch.int64)).squeeze(-1).tolist()
-        top_vals, top_ids = raw_logprobs.topk(max_n, dim=-1) if max_n else (None, None)
-        top_vals = top_vals.tolist() if top_vals is not None else None
-        top_ids = top_ids.tolist() if top_ids is not None else None
-        out_logprobs: list[dict[int, float] | None] = []
-        out_sampled: list[float | None] = []
-        for row, p in enumerate(params):
-            if p.logprobs is None:
-                out_logprobs.append(None)
-                out_sampled.append(None)
-                continue
-            entry = {}
-            if p.logprobs:
-                entry = dict(zip(top_ids[row][: p.logprobs], top_vals[row][: p.logprobs]))
-            entry[token_list[row]] = sampled[row]
-            out_logprobs.append(entry)
-            out_sampled.append(sampled[row])
-        return SamplerOutput(token_list, out_logprobs, out_sampled)

@@ -13,7 +13,7 @@ class CUDABackend(Backend):
     name = "cuda"
     device_type = "cuda"
     priority = 100
-    api_version = "1.0"
+    api_version = "1.2"
     version = "0.1.0"
     capabilities = Capabilities(
         dtypes=("bfloat16", "float16", "float32"),
@@ -86,6 +86,9 @@ class CUDABackend(Backend):
         from unifer_cuda.graphs import CUDAGraphRunner
 
         return CUDAGraphRunner()
+
+    def step_event(self):
+        return torch.cuda.Event()
 
     def communicator(self):
         from unifer_cuda.comm import NCCLCommunicator

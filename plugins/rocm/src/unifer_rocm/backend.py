@@ -23,7 +23,7 @@ class ROCmBackend(Backend):
     name = "rocm"
     device_type = "cuda"
     priority = 100
-    api_version = "1.0"
+    api_version = "1.2"
     version = "0.1.0"
 
     def __init__(self) -> None:
@@ -145,6 +145,10 @@ class ROCmBackend(Backend):
         from unifer_rocm.services import HIPGraphRunner
 
         return HIPGraphRunner()
+
+    def step_event(self):
+        # ROCm builds of torch serve HIP events through the torch.cuda namespace.
+        return None if self.interpret_arch is not None else torch.cuda.Event()
 
     def communicator(self):
         if self.interpret_arch is not None:

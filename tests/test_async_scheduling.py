@@ -1,0 +1,141 @@
+"""Asynchronous scheduling (each step launched before the last one's tokens are read) gives exactly the outputs
+of synchronous scheduling, and transformers' tokens, through stops, sampling, preemption, prefix caching and aborts.
+
+The CPU backend finishes its ops before they return, so its step event has nothing to wait for: these tests check
+the engine's bookkeeping (placeholders filled on the device, outputs one step late, the dropped extra token, freed
+blocks). The GPU backends run the same comparison against real events in the conformance suite."""
+
+from __future__ import annotations
+
+import pytest
+from hf_reference import hf_greedy
+from test_decode_graphs import RecordingGraphRunner
+from test_hf_equivalence import PARAMS, _assert_matches_hf, _prompts
+from unifer import LLM, SamplingParams
+from unifer.engine.runner import ModelRunner
+from unifer_cpu.backend import CPUBackend
+
+
+class HostEvent:
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.fixture
+def with_events(monkeypatch):
+    """The CPU backend with step events, counting the steps that took a token from the device."""
+    monkeypatch.setattr(CPUBackend, "step_event", lambda self: HostEvent())
+    filled = []
+    execute = ModelRunner.execute
+
+    def spy(self, batch, prev_tokens=None):
+        filled.append(prev_tokens is not None)
+        return execute(self, batch, prev_tokens)
+
+    monkeypatch.setattr(ModelRunner, "execute", spy)
+    return filled
+
+
+def _run(folder, prompts, params, *, async_scheduling, **options):
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", async_scheduling=async_scheduling, **options)
+    assert llm.engine.async_scheduling is async_scheduling
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks  # nothing leaked
+    return llm, outputs
+
+
+def _assert_same(got, want):
+    """Same tokens, text and finish; logprobs equal up to float32 noise (a step's batch differs between the two
+    modes: the asynchronous one also computes the token after a stop, which changes reduction orders)."""
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g.outputs, w.outputs, strict=True):
+            assert (a.token_ids, a.text, a.finish_reason, a.stop_reason) == (b.token_ids, b.text, b.finish_reason,
+                                                                               b.stop_reason)
+            assert (a.logprobs is None) == (b.logprobs is None)
+            for x, y in zip(a.logprobs or (), b.logprobs or (), strict=True):
+                assert x.keys() == y.keys() and all(abs(x[k] - y[k]) < 1e-5 for k in x)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_async_greedy_matches_transformers(checkpoint_factory, monkeypatch, with_events, graphs):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    if graphs:
+        monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
+    prompts = _prompts(seed=7)
+    _, outputs = _run(folder, prompts, PARAMS, async_scheduling=True, max_num_seqs=8)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert sum(with_events) >= PARAMS.max_tokens - 1  # every decode step read its tokens from the device
+
+
+def test_async_stops_sampling_and_logprobs_match_sync(checkpoint_factory, with_events):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    prompts = _prompts(seed=8)
+    # Stops taken from a first synchronous run, so they fire part-way through generation.
+    _, probe = _run(folder, prompts[:2], SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+                    async_scheduling=False)
+    stop_token = probe[0].outputs[0].token_ids[5]
+    text = probe[1].outputs[0].text
+    stop_text = text[len(text) // 2:len(text) // 2 + 2]
+    params = [
+        SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_token]),
+        SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=[stop_text]),
+        SamplingParams(max_tokens=1, temperature=0.0),
+        SamplingParams(max_tokens=2, temperature=0.0, logprobs=3),
+        SamplingParams(max_tokens=12, temperature=0.9, top_p=0.8, seed=11, n=2),
+        SamplingParams(max_tokens=10, temperature=0.7, top_k=20, seed=5, logprobs=0),
+        SamplingParams(max_tokens=9, temperature=0.0, repetition_penalty=1.3, frequency_penalty=0.5),
+        SamplingParams(max_tokens=None, temperature=0.0),  # runs to max_model_len unless EOS comes first
+    ]
+    options = dict(max_model_len=96)
+    sync_llm, sync = _run(folder, prompts, params, async_scheduling=False, **options)
+    async_llm, asynchronous = _run(folder, prompts, params, async_scheduling=True, **options)
+    _assert_same(asynchronous, sync)
+    assert [o.outputs[0].finish_reason for o in sync[:3]] == ["stop", "stop", "length"]
+    assert async_llm.engine.num_generated_tokens == sync_llm.engine.num_generated_tokens
+    assert any(with_events)
+
+
+@pytest.mark.parametrize("variant", ["preemption", "prefix_cache", "chunked_prefill"])
+def test_async_scheduling_variants_match_sync(checkpoint_factory, with_events, variant):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    options = {"preemption": dict(num_blocks=14), "prefix_cache": dict(max_num_seqs=3),
+               "chunked_prefill": dict(max_num_batched_tokens=24)}[variant]
+    prompts = _prompts(seed=9, shared_prefix=40 if variant == "prefix_cache" else 0)
+    sync_llm, sync = _run(folder, prompts, PARAMS, async_scheduling=False, **options)
+    async_llm, asynchronous = _run(folder, prompts, PARAMS, async_scheduling=True, **options)
+    _assert_same(asynchronous, sync)
+    if variant == "preemption":
+        assert async_llm.engine.scheduler.num_preemptions > 0
+    if variant == "prefix_cache":
+        assert async_llm.engine.kv.prefix_hits == sync_llm.engine.kv.prefix_hits > 0
+
+
+def test_async_abort_between_steps_frees_blocks(checkpoint_factory, with_events):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", async_scheduling=True)
+    engine = llm.engine
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    for i, prompt in enumerate(_prompts(seed=10, count=3)):
+        engine.add_request(str(i), {"prompt_token_ids": prompt}, params)
+    seen: dict[str, list[int]] = {}
+    for _ in range(4):
+        for out in engine.step():
+            seen[out.request_id] = out.outputs[0].token_ids
+    assert engine.abort_request("1")
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            assert out.request_id != "1"
+            seen[out.request_id] = out.outputs[0].token_ids
+    assert engine.kv.num_free_blocks == engine.kv.num_usable_blocks
+    _, sync = _run(folder, _prompts(seed=10, count=3), params, async_scheduling=False)
+    assert seen["0"] == sync[0].outputs[0].token_ids and seen["2"] == sync[2].outputs[0].token_ids
+
+
+def test_async_scheduling_needs_step_events(checkpoint_factory):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    with pytest.raises(ValueError, match="no step events"):
+        LLM(model=str(folder), backend="cpu", dtype="float32", async_scheduling=True)
+    assert LLM(model=str(folder), backend="cpu", dtype="float32").engine.async_scheduling is False
