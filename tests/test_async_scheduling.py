@@ -139,3 +139,36 @@ def test_async_scheduling_needs_step_events(checkpoint_factory):
     with pytest.raises(ValueError, match="no step events"):
         LLM(model=str(folder), backend="cpu", dtype="float32", async_scheduling=True)
     assert LLM(model=str(folder), backend="cpu", dtype="float32").engine.async_scheduling is False
+
+
+def test_async_engine_streams_and_disconnects(checkpoint_factory, with_events):
+    """The server's AsyncLLMEngine over an asynchronously scheduled engine: concurrent streams end with the
+    tokens of a synchronous run, and a client that goes away mid-stream leaves no block behind."""
+    import asyncio
+
+    from unifer.config import EngineConfig, ModelConfig
+    from unifer.engine.async_engine import AsyncLLMEngine
+    from unifer.engine.engine import LLMEngine
+
+    folder = checkpoint_factory("LlamaForCausalLM")
+    prompts = _prompts(seed=12, count=4)
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    _, sync = _run(folder, prompts, params, async_scheduling=False)
+    engine = LLMEngine(EngineConfig(model=ModelConfig(model=str(folder), dtype="float32")))
+    assert engine.async_scheduling
+    server = AsyncLLMEngine(engine)
+
+    async def consume(i):
+        return [o async for o in server.generate(str(i), {"prompt_token_ids": prompts[i]}, params)][-1]
+
+    async def main():
+        leaving = server.generate("leaving", {"prompt_token_ids": prompts[0]}, params)
+        await leaving.__anext__()
+        finals = await asyncio.gather(*(consume(i) for i in range(4)), leaving.aclose())
+        await asyncio.sleep(0.2)
+        await server.shutdown()
+        return finals[:4]
+
+    finals = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [f.outputs[0].token_ids for f in finals] == [o.outputs[0].token_ids for o in sync]
+    assert engine.kv.num_free_blocks == engine.kv.num_usable_blocks and not engine.has_unfinished_requests()

@@ -75,11 +75,11 @@ def test_no_compilation_after_warm_up(monkeypatch):
         seen.add(padded[:2])
         return padded
 
-    def execute_spy(rows):
+    def execute_spy(rows, prev_tokens=None):
         nonlocal chunked
         kinds.add(_kind(rows))
         chunked += sum(1 for row in rows if not row[4])  # a prefill chunk that does not reach the prompt's end
-        return original_execute(rows)
+        return original_execute(rows, prev_tokens)
 
     monkeypatch.setattr(backend, "pad_batch", pad_spy)
     monkeypatch.setattr(engine.runner, "execute", execute_spy)

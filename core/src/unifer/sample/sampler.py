@@ -110,18 +110,22 @@ class Sampler:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._sample(logits, params, greedy, [s.generator for s in batch])
-        tokens = tokens.to(torch.int64)
+        # Each result is taken as soon as it exists: without an event that is the blocking read, in the order a
+        # lazily tracing backend has compiled its graphs for.
+        host: dict[str, torch.Tensor] = {}
 
-        device = {"tokens": tokens}
+        def take(name: str, t: torch.Tensor) -> None:
+            host[name] = t.to("cpu") if event is None else self._copy_to_pinned(name, t)
+
+        take("tokens", tokens)
         if raw_logprobs is not None:
-            device["sampled"] = raw_logprobs.gather(-1, tokens.view(-1, 1)).squeeze(-1)
+            take("sampled", raw_logprobs.gather(-1, tokens.view(-1, 1).to(torch.int64)).squeeze(-1))
             max_n = max(p.logprobs or 0 for p in params)
             if max_n:
-                device["top_vals"], device["top_ids"] = raw_logprobs.topk(max_n, dim=-1)
-        if event is None:
-            host = {name: t.to("cpu") for name, t in device.items()}
-        else:
-            host = {name: self._copy_to_pinned(name, t) for name, t in device.items()}
+                top_vals, top_ids = raw_logprobs.topk(max_n, dim=-1)
+                take("top_vals", top_vals)
+                take("top_ids", top_ids)
+        if event is not None:
             event.record()
             self._turn ^= 1
         return PendingSample(tokens, host, event, params, num_rows)
