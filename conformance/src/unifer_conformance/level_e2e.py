@@ -75,15 +75,20 @@ def _greedy(arch: str, dtype: str):
     return run
 
 
+def _engine_setup(backend, arch: str):
+    """(checkpoint, dtype, block size) of the engine-level cases: head size 64 and float32 where declared."""
+    caps = backend.capabilities
+    head = 64 if 64 in caps.head_sizes else grid.default_head_size(backend)
+    dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
+    return tiny_models.checkpoint(arch, head, caps.max_gqa_ratio), dtype, grid.default_block_size(backend)
+
+
 def _leak(arch: str, steps: int = 500):
     def run(backend, config, seed):
         from unifer import SamplingParams
 
         rng = random.Random(seed)
-        head = 64 if 64 in backend.capabilities.head_sizes else grid.default_head_size(backend)
-        bs = grid.default_block_size(backend)
-        dtype = "float32" if "float32" in backend.capabilities.dtypes else backend.capabilities.dtypes[0]
-        path = tiny_models.checkpoint(arch, head, backend.capabilities.max_gqa_ratio)
+        path, dtype, bs = _engine_setup(backend, arch)
         # A small pool, so that requests queue, get preempted and reuse freed and prefix-cached blocks.
         engine = _llm(path, backend.name, dtype, bs, num_blocks=48).engine
         shared_prefix = [rng.randrange(2, tiny_models.VOCAB) for _ in range(2 * bs)]
@@ -140,10 +145,7 @@ def _async_matches_sync(arch: str):
         from unifer import SamplingParams
 
         rng = random.Random(seed)
-        head = 64 if 64 in backend.capabilities.head_sizes else grid.default_head_size(backend)
-        bs = grid.default_block_size(backend)
-        dtype = "float32" if "float32" in backend.capabilities.dtypes else backend.capabilities.dtypes[0]
-        path = tiny_models.checkpoint(arch, head, backend.capabilities.max_gqa_ratio)
+        path, dtype, bs = _engine_setup(backend, arch)
         prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]} for n in PROMPT_LENS]
         greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
         # Small pool: preemption; seeded sampling; a stop token that fires part-way (from a first run).
