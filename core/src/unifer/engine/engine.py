@@ -279,13 +279,18 @@ class LLMEngine:
         sequence that the token must end by length gets none: it is left with nothing to compute."""
         placed = []
         for j, (_, seq) in enumerate(sampling):
-            request, params = seq.request, seq.request.sampling_params
-            if request.status is not RequestStatus.RUNNING or request.num_tokens + 1 >= self.max_model_len or (
-                    params.max_tokens is not None and request.num_output_tokens + 1 >= params.max_tokens):
+            request = seq.request
+            if request.status is not RequestStatus.RUNNING or self._reaches_length(request, extra=1):
                 continue
             request.append_token(-(j + 1))
             placed.append(request)
         return _InFlight(sampling, pending, placed)
+
+    def _reaches_length(self, request: Request, extra: int = 0) -> bool:
+        """Whether ``extra`` more tokens bring the request to its max_tokens or to max_model_len."""
+        max_tokens = request.sampling_params.max_tokens
+        return (request.num_tokens + extra >= self.max_model_len
+                or (max_tokens is not None and request.num_output_tokens + extra >= max_tokens))
 
     def _resolve(self, inflight: _InFlight) -> list[RequestOutput]:
         for request in inflight.placed:
@@ -327,9 +332,7 @@ class LLMEngine:
                 reason = "stop"
             elif token in params.stop_token_ids:
                 reason, stop_reason = "stop", token
-            elif params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
-                reason = "length"
-            elif request.num_tokens >= self.max_model_len:
+            elif self._reaches_length(request):
                 reason = "length"
         if reason is not None:
             out.finish_reason, out.stop_reason = reason, stop_reason
