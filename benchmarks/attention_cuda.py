@@ -4,7 +4,8 @@ Shape: Llama-3.2-1B attention (32 query heads, 8 KV heads, head_dim 64), bf16, b
 Every number is measured in the same run as its baseline:
   * decode, batch 1/8/64 x context 1k/4k/16k: achieved K/V bandwidth (K/V bytes read / time) as a fraction of the
     device-to-device copy bandwidth (bytes read + written / time of a 1 GiB copy), and time against torch SDPA over
-    the same K/V laid out contiguously [B, KH, ctx, D] (and FlashInfer's paged decode when importable);
+    the same K/V laid out contiguously [B, KH, ctx, D], and FlashInfer's paged decode (when importable) at the faster
+    of its CUDA-core and tensor-core paths;
   * prefill, batch 4 x 1k/4k (causal): TFLOP/s against SDPA (flash backend where it takes the shape).
 Timings are triton.testing.do_bench medians.
 
@@ -202,8 +203,9 @@ def sdpa(q, k, v, causal):
         )
 
 
-def flashinfer_decode(q, caches, md, batch, ctx):
-    """A callable running FlashInfer's paged decode on each of the same caches, or an error string."""
+def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
+    """A callable running FlashInfer's paged decode on each of the same caches, or an error string.
+    ``tensor_cores``: FlashInfer's tensor-core decode (its prefill kernel), which it recommends for GQA groups >= 4."""
     try:
         import flashinfer
     except Exception:
@@ -211,7 +213,7 @@ def flashinfer_decode(q, caches, md, batch, ctx):
     try:
         device = q.device
         workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
-        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD")
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
         per_seq = -(-ctx // BLOCK)
         indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
         indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
@@ -251,7 +253,7 @@ def run_benchmarks(device: str) -> None:
     print(f"device-to-device copy bandwidth: {copy_bw / 1e9:.0f} GB/s (1 GiB copy, read + write)")
     header = (
         f"{'kind':<8}{'batch':>6}{'context':>9}{'triton ms':>11}{'GB/s':>8}{'% copy':>8}{'TFLOP/s':>9}"
-        f"{'SDPA ms':>9}{'SDPA/tri':>9}{'FI ms':>8}{'FI/tri':>8}{'eager ms':>10}"
+        f"{'SDPA ms':>9}{'SDPA/tri':>9}{'FI ms':>8}{'FI/tri':>8}{'FI path':>8}{'eager ms':>10}"
     )
     rows = []
     for batch in (1, 8, 64):
@@ -271,11 +273,18 @@ def run_benchmarks(device: str) -> None:
             kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
             qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
             ts = bench_graph(lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs]) / n
-            fi = flashinfer_decode(q, caches, md, batch, ctx)
-            tf = bench_graph(fi) / n if callable(fi) else None
+            # FlashInfer at the faster of its two decode paths (CUDA cores / tensor cores), named in 'FI path'.
+            fi_times = {}
+            for label, tc in (("cc", False), ("tc", True)):
+                fi = flashinfer_decode(q, caches, md, batch, ctx, tc)
+                if callable(fi):
+                    fi_times[label] = bench_graph(fi) / n
+            fi_path = min(fi_times, key=fi_times.get) if fi_times else None
+            tf = fi_times.get(fi_path)
             rows.append(
                 f"{'decode':<8}{batch:>6}{ctx:>9}{t:>11.4f}{bw / 1e9:>8.0f}{100 * bw / copy_bw:>7.0f}%"
-                f"{'':>9}{ts:>9.4f}{ts / t:>9.2f}" + (f"{tf:>8.4f}{tf / t:>8.2f}" if tf is not None else f"  {fi}")
+                f"{'':>9}{ts:>9.4f}{ts / t:>9.2f}"
+                + (f"{tf:>8.4f}{tf / t:>8.2f}{fi_path:>8}" if tf is not None else f"  {fi}")
                 + f"{t_eager:>10.4f}"
             )
             del caches, kvs

@@ -1,6 +1,12 @@
-"""Batch-1 (and small-batch) matrix products at the Llama-3.2-1B shapes, bf16: torch's F.linear under each of its
-BLAS back-ends (cuBLAS, cuBLASLt) and torch.mv, as graph replays, against the copy bandwidth (the bytes are the
-weight matrix). Chooses what the CUDA backend's decode path should use for its projections.
+"""Batch-1 (and small-batch) matrix products at the Llama-3.2-1B shapes, bf16, as graph replays against the copy
+bandwidth (the bytes are the weight matrix). Every variant is a torch matrix product; they differ in how the
+problem is posed to cuBLAS, which picks its kernel (tile shape, split-K) from that:
+  linear   F.linear(x, W), W stored [out, in] (the model's layout: cuBLAS 'TN')
+  x@Wt     x @ Wt, the weight stored transposed [in, out] ('NN')
+  mv       torch.mv(W, x) (M = 1 only)
+  bmmS     split-K posed as a batched product over S slices of K, then a sum over the slices
+Each timing cycles through copies of W that overflow L2 four times, as a decode step reads every weight cold.
+Chooses how the CUDA backend's decode path should pose its projections.
 
     python benchmarks/gemv_cuda.py
 """
@@ -15,28 +21,56 @@ SHAPES = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "dow
           "lm_head": (128256, 2048)}
 
 
+def split_k(x: torch.Tensor, w: torch.Tensor, slices: int) -> torch.Tensor:
+    m, k = x.shape
+    n = w.shape[0]
+    xs = x.view(m, slices, k // slices).transpose(0, 1)  # [S, M, K/S]
+    ws = w.view(n, slices, k // slices).permute(1, 2, 0)  # [S, K/S, N], column-major slices of W
+    return torch.bmm(xs, ws).sum(0, dtype=torch.float32).to(x.dtype)
+
+
+def variants(x: torch.Tensor, w: torch.Tensor) -> dict:
+    wt = w.t().contiguous()
+    out = {"linear": lambda: F.linear(x, w), "x@Wt": lambda: x @ wt}
+    out["mv"] = (lambda: torch.mv(w, x[0])) if x.shape[0] == 1 else None
+    for s in (2, 4, 8):
+        out[f"bmm{s}"] = lambda s=s: split_k(x, w, s)
+    return out
+
+
+def cold(x: torch.Tensor, w: torch.Tensor, l2_bytes: int) -> tuple[int, dict]:
+    """Each variant over enough copies of W to overflow L2 four times (decode reads every weight cold)."""
+    copies = max(1, -(-4 * l2_bytes // (w.numel() * w.element_size())))
+    tables = [variants(x, w)] + [variants(x, w.clone()) for _ in range(copies - 1)]
+    return copies, {name: None if fn is None else (lambda name=name: [t[name]() for t in tables])
+                    for name, fn in tables[0].items()}
+
+
 def main() -> None:
     bw = copy_bandwidth("cuda")
-    print(f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write); % = weight bytes / time / copy bandwidth")
-    print(f"{'shape':<9}{'M':>4}" + "".join(f"{name:>18}" for name in ("linear/cublaslt", "linear/cublas", "mv")))
+    print(f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write); cells: time, weight bytes / time / copy bandwidth")
+    names = None
     for name, (n, k) in SHAPES.items():
         w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
         for m in (1, 4):
             x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            table = variants(x, w)
+            copies, timed = cold(x, w, torch.cuda.get_device_properties("cuda").L2_cache_size)
+            if names is None:
+                names = list(table)
+                print(f"{'shape':<9}{'M':>3}" + "".join(f"{v:>15}" for v in names))
+            ref = F.linear(x.double(), w.double())
             cells = []
-            for lib in ("cublaslt", "cublas", "mv"):
-                if lib == "mv":
-                    if m != 1:
-                        cells.append(f"{'-':>18}")
-                        continue
-                    fn = lambda w=w, x=x: torch.mv(w, x[0])  # noqa: E731
-                else:
-                    torch.backends.cuda.preferred_blas_library(lib)
-                    fn = lambda w=w, x=x: F.linear(x, w)  # noqa: E731
-                ms = bench_graph(fn)
-                cells.append(f"{ms * 1e3:>9.1f}us {100 * w.numel() * 2 / (ms * 1e-3) / bw:>4.0f}%")
-            print(f"{name:<9}{m:>4}" + "".join(cells))
-    torch.backends.cuda.preferred_blas_library("cublaslt")
+            for label, fn in table.items():
+                if fn is None:
+                    cells.append(f"{'-':>15}")
+                    continue
+                err = ((fn().double() - ref).norm() / ref.norm()).item()
+                if err > 1e-2:
+                    raise AssertionError(f"{name} M={m}: relative error {err:.2e}")
+                ms = bench_graph(timed[label]) / copies
+                cells.append(f"{ms * 1e3:>8.1f}us {100 * w.numel() * 2 / (ms * 1e-3) / bw:>3.0f}%")
+            print(f"{name:<9}{m:>3}" + "".join(cells))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
-# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep profile attention model conformance serve;
+# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep profile warmup attention model conformance serve;
 #                      none given: all of them, in that order)
 set -uo pipefail
 stages=" ${*:-check model attention conformance serve} "
@@ -28,6 +28,9 @@ if want sweep; then
 fi
 if want profile; then
   python3 benchmarks/decode_profile_cuda.py 2>&1 | tee "$out/decode-profile.txt"
+fi
+if want warmup; then
+  python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
 fi
 if want attention; then
   python3 benchmarks/attention_cuda.py 2>&1 | tee "$out/attention.txt"

@@ -101,7 +101,8 @@ def _split_kv_through_the_backend(arch: str, dtype: str) -> float:
     """A decode batch over a context past split_min_seq_len: the backend op takes the arch's split-KV path
     (num_segments from its row, 16 or 32), on the conformance suite's NaN-poisoned paged cache."""
     import torch
-    from unifer.kernels.triton import lookup, module
+    from unifer.kernels.triton import lookup
+    from unifer.kernels.triton.configs import choose_num_segments as choose
     from unifer_conformance.case import Status, judge
     from unifer_conformance.paged import Step, run_step
     from unifer_conformance.tolerances import tolerance
@@ -110,7 +111,6 @@ def _split_kv_through_the_backend(arch: str, dtype: str) -> float:
     cfg = lookup("hip", arch).attention
     step = Step(seqs=[(cfg.split_min_seq_len + 37, 1), (3, 1), (70, 1)], q_heads=4, kv_heads=1, head_size=64,
                 block_size=16, dtype=getattr(torch, dtype))
-    choose = module("attention").choose_num_segments
     segments = choose(len(step.seqs), cfg.split_min_seq_len + 38, cfg)
     assert segments == cfg.num_segments == (16 if arch == "gfx90a" else 32), segments
     out, want, problems, _ = run_step(b, step, torch.Generator().manual_seed(11))

@@ -90,6 +90,13 @@ class CUDABackend(Backend):
     def step_event(self):
         return torch.cuda.Event()
 
+    def warm_up(self, *, runner, sampler, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
+                block_size: int) -> None:
+        from unifer.kernels.triton.warmup import warm_up
+
+        warm_up(runner, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len)
+
     def communicator(self):
         from unifer_cuda.comm import NCCLCommunicator
 

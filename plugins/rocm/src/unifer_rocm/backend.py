@@ -150,6 +150,15 @@ class ROCmBackend(Backend):
         # ROCm builds of torch serve HIP events through the torch.cuda namespace.
         return None if self.interpret_arch is not None else torch.cuda.Event()
 
+    def warm_up(self, *, runner, sampler, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
+                block_size: int) -> None:
+        if self.interpret_arch is not None:
+            return  # the interpreter compiles nothing
+        from unifer.kernels.triton.warmup import warm_up
+
+        warm_up(runner, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len)
+
     def communicator(self):
         if self.interpret_arch is not None:
             return None

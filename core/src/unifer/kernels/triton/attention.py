@@ -1,11 +1,11 @@
 """Unified ragged paged attention: prefills, prefill chunks and decodes of one step in a single launch.
 
-Grid: (query blocks, KV heads, KV segments). A program owns one KV head and BLOCK_M query rows made of BLOCK_Q
-query tokens x the GROUP query heads sharing that KV head (GQA packing), so each KV tile is read once per KV head
-and query block. Query blocks are assigned to sequences by a binary search over ``query_start_loc`` (block ``b``
-of sequence ``i`` has global index ``query_start_loc[i] // BLOCK_Q + i + b``), so the grid depends only on the
-number of tokens and sequences: fixed for graph capture. The KV loop walks tiles of TILE positions gathered
-through the block table (a tile may span several pages), with an online softmax in base 2.
+Grid: (query blocks x KV heads, KV segments), KV head fastest. A program owns one KV head and BLOCK_M query rows
+made of BLOCK_Q query tokens x the GROUP query heads sharing that KV head (GQA packing), so each KV tile is read
+once per KV head and query block. Query blocks are assigned to sequences by a binary search over
+``query_start_loc`` (block ``b`` of sequence ``i`` has global index ``query_start_loc[i] // BLOCK_Q + i + b``), so
+the grid depends only on the number of tokens and sequences: fixed for graph capture. The KV loop walks tiles of
+TILE positions gathered through the block table (a tile may span several pages), with an online softmax in base 2.
 
 Split-KV: for few tokens over long contexts, NUM_SEGMENTS > 1 programs share one query block's KV range and write
 partial (max, sum, acc) rows; ``_reduce_segments_kernel`` merges them.
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from unifer.backends.backend import AttentionMetadata
-from unifer.kernels.triton.configs import AttentionConfig, attention_launch
+from unifer.kernels.triton.configs import AttentionConfig, attention_launch, choose_num_segments
 from unifer.kernels.triton.util import acc_dtype, current_configs, dot_precision
 
 LOG2E = 1.4426950408889634
@@ -48,7 +48,9 @@ def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
     return left - 1
 
 
-@triton.jit
+# The sequence count and the block table's width change from step to step; specialising on them (a value of 1, a
+# multiple of 16) would compile new variants while serving.
+@triton.jit(do_not_specialize=["num_seqs", "bt_stride0"])
 def _unified_attention_kernel(
     out_ptr,  # [T, H, D]
     segm_out_ptr,  # [T, H, NUM_SEGMENTS, HEAD_PAD] (split-KV only)
@@ -86,9 +88,11 @@ def _unified_attention_kernel(
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    q_block_global = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    segment = tl.program_id(2)
+    # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
+    num_kv_heads = num_heads // GROUP
+    q_block_global = tl.program_id(0) // num_kv_heads
+    kv_head = tl.program_id(0) % num_kv_heads
+    segment = tl.program_id(1)
 
     seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_ptr + seq_idx)
@@ -169,7 +173,7 @@ def _unified_attention_kernel(
         tl.store(segm_sum_ptr + seg, l_i, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs"])
 def _reduce_segments_kernel(
     out_ptr,
     segm_out_ptr,
@@ -216,21 +220,6 @@ def _check_inputs(query: torch.Tensor, kv_cache: torch.Tensor) -> None:
         raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
 
 
-def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig, *, num_seqs: int = 1,
-                        num_kv_heads: int = 1, tile: int = 1) -> int:
-    """Split-KV for few tokens over long contexts (decode of a small batch); 1 otherwise.
-
-    Depends only on host ints. A graph runner that captures with ``max_seq_len`` = the model's maximum gets the
-    split kernel, which is correct (and fast) for every shorter context too.
-    """
-    if num_tokens > cfg.split_max_tokens or max_seq_len < cfg.split_min_seq_len:
-        return 1
-    if not cfg.split_target_programs:
-        return cfg.num_segments
-    want = min(cfg.num_segments, cfg.split_target_programs // max(num_seqs * num_kv_heads, 1), max_seq_len // tile)
-    return 1 << (want.bit_length() - 1) if want >= 2 else 1
-
-
 def unified_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -274,7 +263,7 @@ def unified_attention(
     else:
         segm_out = segm_max = segm_sum = out  # unused
 
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_segments)
+    grid = ((num_tokens // block_q + num_seqs) * num_kv_heads, num_segments)
     _unified_attention_kernel[grid](
         out,
         segm_out,

@@ -139,3 +139,18 @@ def attention_launch(cfg: AttentionConfig, *, head_dim: int, group: int, decode:
         num_warps=cfg.num_warps if decode else cfg.num_warps_prefill,
         num_stages=cfg.num_stages if decode else cfg.num_stages_prefill,
     )
+
+
+def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig, *, num_seqs: int = 1,
+                        num_kv_heads: int = 1, tile: int = 1) -> int:
+    """Split-KV for few tokens over long contexts (decode of a small batch); 1 otherwise.
+
+    Depends only on host ints. A graph runner that captures with ``max_seq_len`` = the model's maximum gets the
+    split kernel, which is correct (and fast) for every shorter context too.
+    """
+    if num_tokens > cfg.split_max_tokens or max_seq_len < cfg.split_min_seq_len:
+        return 1
+    if not cfg.split_target_programs:
+        return cfg.num_segments
+    want = min(cfg.num_segments, cfg.split_target_programs // max(num_seqs * num_kv_heads, 1), max_seq_len // tile)
+    return 1 << (want.bit_length() - 1) if want >= 2 else 1
