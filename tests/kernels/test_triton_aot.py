@@ -42,3 +42,29 @@ def test_specs_cover_every_kernel():
         for name, obj in inspect.getmembers(m):
             if isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
                 assert (mod, name) in covered, f"{mod}.{name} has no AOT compile spec in compile_check"
+
+
+def test_builds_take_the_path_a_real_launch_takes():
+    """The check builds with the JIT's specialisation (aligned pointers, strides divisible by 16, minus what a
+    kernel opts out of): the Hopper decode kernel then stages K/V with asynchronous 16-byte copies, as on the GPU,
+    not the scalar loads of the unaligned variant no supported model runs."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from unifer.kernels.triton.configs import lookup
+
+    spec = next(s for s in compile_check.kernel_specs(lookup("cuda", 90))
+                if s.name == "attention[bf16,d64,bs16,g4,decode]")
+    fn = module("attention")._unified_attention_kernel
+    signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
+    attrs = compile_check._jit_attrs(fn, signature)
+    marked = {fn.arg_names[i] for (i,) in attrs}
+    assert {"q_ptr", "kv_ptr", "kv_stride1", "q_stride0"} <= marked
+    assert not marked & {"num_seqs", "bt_stride0", "scale", "num_heads", "HEAD_DIM"}
+
+    def ptx(attrs):
+        src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs), attrs=attrs)
+        options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+    assert "cp.async" in ptx(attrs) and "ld.global.b16" not in ptx(attrs)
+    assert "cp.async" not in ptx({})  # the unaligned variant, which the check used to build
