@@ -4,7 +4,7 @@
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep profile warmup attention model conformance serve;
 #                      none given: all of them, in that order)
 set -uo pipefail
-stages=" ${*:-check model attention conformance serve} "
+stages=" ${*:-check warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
