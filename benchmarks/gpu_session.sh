@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
-# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]   (stages: check sweep profile warmup attention model conformance serve;
-#                      none given: all of them, in that order)
+# On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
+#   stages, run in this order whatever the order given: check sweep profile warmup attention model conformance
+#   serve; none given: all but sweep and profile
 set -uo pipefail
 stages=" ${*:-check warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
