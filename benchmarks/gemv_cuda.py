@@ -38,12 +38,11 @@ def variants(x: torch.Tensor, w: torch.Tensor) -> dict:
     return out
 
 
-def cold(x: torch.Tensor, w: torch.Tensor, l2_bytes: int) -> tuple[int, dict]:
-    """Each variant over enough copies of W to overflow L2 four times (decode reads every weight cold)."""
+def cold_copies(w: torch.Tensor) -> list[torch.Tensor]:
+    """W and enough copies of it to overflow L2 four times (decode reads every weight cold)."""
+    l2_bytes = torch.cuda.get_device_properties(w.device).L2_cache_size
     copies = max(1, -(-4 * l2_bytes // (w.numel() * w.element_size())))
-    tables = [variants(x, w)] + [variants(x, w.clone()) for _ in range(copies - 1)]
-    return copies, {name: None if fn is None else (lambda name=name: [t[name]() for t in tables])
-                    for name, fn in tables[0].items()}
+    return [w] + [w.clone() for _ in range(copies - 1)]
 
 
 def main() -> None:
@@ -51,24 +50,24 @@ def main() -> None:
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write); cells: time, weight bytes / time / copy bandwidth")
     names = None
     for name, (n, k) in SHAPES.items():
-        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        weights = cold_copies(torch.randn(n, k, device="cuda").to(torch.bfloat16))
+        w = weights[0]
         for m in (1, 4):
             x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
-            table = variants(x, w)
-            copies, timed = cold(x, w, torch.cuda.get_device_properties("cuda").L2_cache_size)
+            tables = [variants(x, wi) for wi in weights]
             if names is None:
-                names = list(table)
+                names = list(tables[0])
                 print(f"{'shape':<9}{'M':>3}" + "".join(f"{v:>15}" for v in names))
             ref = F.linear(x.double(), w.double())
             cells = []
-            for label, fn in table.items():
+            for label, fn in tables[0].items():
                 if fn is None:
                     cells.append(f"{'-':>15}")
                     continue
                 err = ((fn().double() - ref).norm() / ref.norm()).item()
                 if err > 1e-2:
                     raise AssertionError(f"{name} M={m}: relative error {err:.2e}")
-                ms = bench_graph(timed[label]) / copies
+                ms = bench_graph(lambda label=label, tables=tables: [t[label]() for t in tables]) / len(weights)
                 cells.append(f"{ms * 1e3:>8.1f}us {100 * w.numel() * 2 / (ms * 1e-3) / bw:>3.0f}%")
             print(f"{name:<9}{m:>3}" + "".join(cells))
 
