@@ -2,8 +2,8 @@
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
-#   stages, run in this order whatever the order given: check sweep profile warmup attention model conformance
-#   serve; none given: all but sweep and profile
+#   stages, run in this order whatever the order given: check sweep profile prefetch warmup attention model
+#   conformance serve; none given: all but sweep, profile and prefetch
 set -uo pipefail
 stages=" ${*:-check warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -29,6 +29,9 @@ if want sweep; then
 fi
 if want profile; then
   python3 benchmarks/decode_profile_cuda.py 2>&1 | tee "$out/decode-profile.txt"
+fi
+if want prefetch; then
+  python3 benchmarks/l2_prefetch_cuda.py 2>&1 | grep -v "Loading weights" | tee "$out/l2-prefetch.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
