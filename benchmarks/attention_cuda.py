@@ -156,6 +156,14 @@ def check(device: str, small: bool) -> bool:
         table["write_kv"](k, v, c1, slots)
         ref.write_kv(k, v, c2, slots)
         errs["write_kv"] = 0.0 if torch.equal(c1.nan_to_num(7.0), c2.nan_to_num(7.0)) else float("inf")
+        c1.fill_(float("nan"))
+        c2 = torch.full(c1.shape, float("nan"), device=device, dtype=torch.float64)
+        gq = table["rotary_write_kv"](pos, qk[:, :32], qk[:, 32:40], qk[:, 40:], cs, c1, slots)
+        wq = ref.rotary_write_kv(pos, qk[:, :32].double(), qk[:, 32:40].double(), qk[:, 40:].double(),
+                                 cs.double(), c2, slots)
+        same_slots = torch.equal(c1.isnan(), c2.isnan())
+        errs["rotary_write_kv"] = max(_rel(gq, wq), _rel(c1.nan_to_num(0.0), c2.nan_to_num(0.0))) if same_slots \
+            else float("inf")
         tol = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}[dtype]
         for name, err in errs.items():
             good = math.isfinite(err) and err <= tol

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from model_cuda import copy_bandwidth, make_checkpoint, weight_bytes
+from model_cuda import copy_bandwidth, make_checkpoint, single_decode_step, weight_bytes
 
 
 @triton.jit
@@ -142,49 +142,25 @@ def layer_forward(self, positions, hidden, residual, kv_cache, metadata):
 @torch.inference_mode()
 def main() -> None:
     global PLAN
-    from unifer import LLM, SamplingParams
+    from unifer import LLM
     from unifer.model import llama
 
     llama.DecoderLayer.forward = layer_forward
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
     llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, max_num_seqs=1)
-    engine = llm.engine
-    model, runner = engine.model, engine.runner
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(llm.engine.model.layers):
         layer._index = i
-    engine.add_request("ctx", {"prompt_token_ids": list(range(100, 356))},
-                       SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
-    while engine.has_unfinished_requests():
-        engine.step()
-    # The static inputs as a decode at position 256 of one sequence over blocks 1..17 leaves them.
-    st = runner._static
+    model, capture_with = single_decode_step(llm, context=256)
     bw = copy_bandwidth()
     roofline = weight_bytes(llm) / bw * 1e3
 
     def capture(plan):
         global PLAN
         PLAN = plan
-        graph_runner = engine.backend.graph_runner()
-
-        def step():
-            logits = runner._decode_logits(1, metadata)
-            if plan is not None:
-                plan.join()
-            return logits
-
-        replay = graph_runner.capture(step)
+        replay = capture_with(None if plan is None else plan.join)
         PLAN = None
         return replay
 
-    from unifer.backends.backend import AttentionMetadata
-
-    metadata = engine.backend.build_metadata(AttentionMetadata(
-        query_start_loc=st["query_start"][:2], seq_lens=st["seq_lens"][:1], block_table=st["block_table"][:1],
-        slot_mapping=st["slots"][:1], max_query_len=1, max_seq_len=2048))
-    st["seq_lens"][0] = 257
-    st["positions"][0] = 256
-    st["block_table"][0, :17] = torch.arange(1, 18, dtype=torch.int32)
-    st["slots"][0] = 17 * 16 + 0
     variants = {
         "plain": None,
         "o": dict(o=True),

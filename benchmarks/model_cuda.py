@@ -101,6 +101,42 @@ def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None) -> tu
     return step_ms, replay_ms
 
 
+def single_decode_step(llm, context: int = 256):
+    """Set a batch-1 engine (``max_num_seqs=1``) up to replay one decode at position ``context`` of one sequence:
+    the decode graph's static inputs and the context's KV blocks are filled by hand. Returns (model, capture);
+    ``capture(extra=None)`` captures ``runner._decode_logits`` (then ``extra()``, if given) into a fresh graph and
+    returns its replay callable."""
+    from unifer.backends.backend import AttentionMetadata
+
+    engine = llm.engine
+    runner, block = engine.runner, engine.runner.block_size
+    max_len = engine.max_model_len
+    st = runner._static
+    metadata = engine.backend.build_metadata(AttentionMetadata(
+        query_start_loc=st["query_start"][:2], seq_lens=st["seq_lens"][:1], block_table=st["block_table"][:1],
+        slot_mapping=st["slots"][:1], max_query_len=1, max_seq_len=max_len))
+    pages = context // block + 1
+    with torch.inference_mode():
+        for cache in runner.kv_caches:  # a context of finite values
+            cache[:, 1:pages + 1].normal_()
+        st["seq_lens"][0] = context + 1
+        st["positions"][0] = context
+        st["block_table"][0, :pages] = torch.arange(1, pages + 1, dtype=torch.int32)
+        st["slots"][0] = pages * block + context % block
+
+    def capture(extra=None):
+        def step():
+            logits = runner._decode_logits(1, metadata)
+            if extra is not None:
+                extra()
+            return logits
+
+        with torch.inference_mode():
+            return engine.backend.graph_runner().capture(step)
+
+    return engine.model, capture
+
+
 def requests(n: int, seed: int = 0):
     rng = random.Random(seed)
     return [([rng.randrange(1000, 120000) for _ in range(rng.randint(128, 1024))], rng.randint(64, 512))

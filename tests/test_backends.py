@@ -8,10 +8,11 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from plugin_dist import write_backend_dist
 from unifer.backends import API_VERSION, BackendSelectionError, Unsupported, discover, select_backend
 from unifer.backends.registry import api_compatible
-from unifer.ops import OP_NAMES, reference
+from unifer.ops import OP_NAMES, reference, resolve_ops
 
 PLUGIN = '''
 from unifer.backends import Availability, Backend, hookimpl
@@ -151,3 +152,31 @@ def test_cli_backends_json_lists_ops_and_failures(plugin_dir):
     assert cpu["available"] and set(cpu["ops"]) == set(OP_NAMES)
     assert cpu["ops"]["paged_attention"] == "native" and cpu["ops"]["rms_norm"] == "fallback"
     assert any(f["plugin"] == "broken_plugin" and "no runtime" in f["error"] for f in data["failed_plugins"])
+
+
+def test_fused_op_falls_back_to_its_resolved_parts():
+    """A backend with native rotary and KV-write kernels but no fused rotary_write_kv runs the fused op as its own
+    two kernels (not the reference's), in order; a native fused op replaces them."""
+    calls = []
+
+    def rotary_embedding(positions, query, key, cos_sin_cache):
+        calls.append("rotary")
+        return reference.rotary_embedding(positions, query, key, cos_sin_cache)
+
+    def write_kv(key, value, kv_cache, slot_mapping):
+        calls.append(("write", key.clone()))
+        reference.write_kv(key, value, kv_cache, slot_mapping)
+
+    ops = resolve_ops({"rotary_embedding": rotary_embedding, "write_kv": write_kv})
+    assert ops.source("rotary_write_kv") == "composite" and ops.source("rms_norm") == "fallback"
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, 8, generator=g) for h in (4, 2, 2))
+    cos_sin, positions, slots = torch.randn(16, 8, generator=g), torch.tensor([0, 5, 9]), torch.tensor([1, -1, 6])
+    cache, want_cache = torch.zeros(2, 2, 4, 2, 8), torch.zeros(2, 2, 4, 2, 8)
+    got = ops.rotary_write_kv(positions, q, k, v, cos_sin, cache, slots)
+    want = reference.rotary_write_kv(positions, q, k, v, cos_sin, want_cache, slots)
+    assert calls[0] == "rotary" and calls[1][0] == "write"
+    assert torch.equal(calls[1][1], reference.rotary_embedding(positions, q, k, cos_sin)[1])  # the rotated key
+    assert torch.equal(got, want) and torch.equal(cache, want_cache)
+    fused = resolve_ops({"rotary_write_kv": reference.rotary_write_kv})
+    assert fused.rotary_write_kv is reference.rotary_write_kv and fused.source("rotary_write_kv") == "native"

@@ -31,8 +31,8 @@ MUST_CATCH = {
 }
 MAY_CATCH = {  # families downstream of the defective op, which may also notice it
     "softmax-scale": {"attention/", "property/attention", "e2e/greedy"},
-    "rope-512": {"ops/rotary_embedding", "property/ops"},
-    "kv-block-boundary": {"ops/write_kv", "attention/", "property/attention", "e2e/greedy"},
+    "rope-512": {"ops/rotary_embedding", "ops/rotary_write_kv", "property/ops"},
+    "kv-block-boundary": {"ops/write_kv", "ops/rotary_write_kv", "attention/", "property/attention", "e2e/greedy"},
     "gqa-mapping": {"attention/", "property/attention", "e2e/greedy"},
     "top-p-extra": {"sampling/mask", "sampling/chi_square"},
     "sliding-window": {"attention/sliding_window", "attention/window_soft_cap", "property/attention"},

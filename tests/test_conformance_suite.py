@@ -104,6 +104,39 @@ def test_in_place_writes_and_unwritten_outputs_fail():
     assert silu["status"] == "FAIL" and "non-finite" in silu["message"]
 
 
+class BrokenRotaryWriteKV(CPUBackend):
+    """A fused rotary_write_kv with one defect chosen by ``defect``."""
+
+    name = "broken-rotary-write-kv"
+
+    def __init__(self, defect: str) -> None:
+        self.defect = defect
+
+    def native_ops(self):
+        def rotary_write_kv(positions, query, key, value, cos_sin_cache, kv_cache, slot_mapping):
+            q_rot, k_rot = reference.rotary_embedding(positions, query, key, cos_sin_cache)
+            if self.defect == "unrotated key":
+                k_rot = key
+            if self.defect == "padding written":  # slot -1 taken as the cache's last slot
+                slot_mapping = torch.where(slot_mapping < 0, kv_cache.shape[1] * kv_cache.shape[2] - 1, slot_mapping)
+            reference.write_kv(k_rot, value, kv_cache, slot_mapping)
+            return q_rot if self.defect != "unrotated query" else query.clone()
+
+        return {**super().native_ops(), "rotary_write_kv": rotary_write_kv}
+
+
+def test_rotary_write_kv_defects_fail_and_the_composite_passes():
+    for defect, needle in (("unrotated key", "key in the cache"), ("unrotated query", "query"),
+                           ("padding written", "changed")):
+        report = run_suite("broken-rotary-write-kv", levels=("ops",), keyword="rotary_write_kv and float32",
+                           registry=_registry(BrokenRotaryWriteKV(defect)))
+        rows = [c for c in report["cases"] if c["status"] != "NOT_APPLICABLE"]
+        assert rows and all(c["status"] == "FAIL" and needle in c["message"] for c in rows), (defect, rows)
+    report = run_suite("cpu", levels=("ops",), keyword="rotary_write_kv", registry=_registry(CPUBackend()))
+    assert report["coverage"]["rotary_write_kv"] == "composite"
+    assert {c["status"] for c in report["cases"]} == {"PASS", "NOT_APPLICABLE"}
+
+
 class BiasedSampler(CPUBackend):
     """Draws from p^1.15 instead of p: a subtle bias only a distribution test sees."""
 

@@ -155,19 +155,22 @@ def test_triton_needs_intels_backend(monkeypatch, tmp_path):
 
 
 IPEX4 = {"rms_norm", "rotary_embedding", "write_kv", "paged_attention"}
-TRITON5 = IPEX4 | {"silu_and_mul"}
+TRITON6 = IPEX4 | {"silu_and_mul", "rotary_write_kv"}
 
 
 @pytest.mark.parametrize("ipex, triton, want", [
+    # Triton's fused rotary_write_kv would write IPEX's cache layout: left to the table's composite of IPEX's parts
     (True, True, {**dict.fromkeys(IPEX4, "ipex"), "silu_and_mul": "triton"}),
     (True, False, dict.fromkeys(IPEX4, "ipex")),
-    (False, True, dict.fromkeys(TRITON5, "triton")),
+    (False, True, dict.fromkeys(TRITON6, "triton")),
     (False, False, {}),
 ])
 def test_select_op_sources(ipex, triton, want):
     got = xb.select_op_sources(ipex=ipex, triton=triton)
     assert got == want
-    assert got.get("write_kv") == got.get("paged_attention")  # they share the KV-cache layout
+    # they share the KV-cache layout
+    assert got.get("write_kv") == got.get("paged_attention")
+    assert got.get("rotary_write_kv", got.get("write_kv")) == got.get("write_kv")
 
 
 def test_ops_table_shows_each_library(monkeypatch):
@@ -204,7 +207,7 @@ def test_claims_and_layout_follow_the_attention_library(monkeypatch):
 def test_kernel_summary_in_probe(monkeypatch, no_cuda):
     fake_xpu(monkeypatch)
     fake_kernels(monkeypatch, ipex=False, triton=True)
-    assert "kernels: triton for 5" in XPUBackend().probe().reason
+    assert "kernels: triton for 6" in XPUBackend().probe().reason
 
 
 def test_op_source_labels_must_name_native_ops():

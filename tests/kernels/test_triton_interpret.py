@@ -208,6 +208,31 @@ def _write_kv_case(seed: int, dtype: str) -> float:
     return _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt)
 
 
+def _rotary_write_kv_case(seed: int, dtype: str) -> float:
+    """The fused kernel against the reference's rotary_embedding then write_kv, on strided q/k/v views of a fused
+    QKV output, head size 80 (padded lanes), with padding slots."""
+    import torch
+    from unifer.kernels.triton import ops
+    from unifer.ops import reference as ref
+
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(6, 6 + 2 + 2, 80, generator=gen).to(dt)
+    q, k, v = qkv[:, :6], qkv[:, 6:8], qkv[:, 8:]
+    inv = 1.0 / (10000 ** (torch.arange(0, 80, 2, dtype=torch.float64) / 80))
+    freqs = torch.arange(64, dtype=torch.float64)[:, None] * inv[None, :]
+    cos_sin = torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(torch.float32)
+    pos = torch.randint(0, 64, (6,), generator=gen)
+    slots = torch.tensor([5, -1, 16, 17, -1, 47], dtype=torch.int64)
+    want = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=torch.float64)
+    got = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=dt)
+    want_q = ref.rotary_write_kv(pos, q.double(), k.double(), v.double(), cos_sin.double(), want, slots)
+    got_q = ops()["rotary_write_kv"](pos, q, k, v, cos_sin, got, slots)
+    assert torch.equal(got.isnan(), want.isnan()), "rotary_write_kv wrote (or skipped) different slots"
+    assert torch.equal(q, qkv[:, :6]) and not got_q.data_ptr() == q.data_ptr(), "the query must not change in place"
+    return max(_check(got_q, want_q, dt), _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt))
+
+
 def _ops_signatures() -> float:
     import inspect
 
@@ -232,6 +257,7 @@ def _all_cases() -> dict:
         cases[f"rotary_embedding[{dtype}]"] = lambda d=dtype: _rotary_case(3, d)
         cases[f"silu_and_mul[{dtype}]"] = lambda d=dtype: _silu_case(4, d)
         cases[f"write_kv[{dtype}]"] = lambda d=dtype: _write_kv_case(5, d)
+        cases[f"rotary_write_kv[{dtype}]"] = lambda d=dtype: _rotary_write_kv_case(8, d)
     cases["rms_norm_residual[bfloat16]"] = lambda: _rms_norm_case(6, "bfloat16", True)
     return cases
 

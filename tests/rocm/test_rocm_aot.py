@@ -59,7 +59,7 @@ def test_every_kernel_compiles_for_cdna_arch(built):
     failures = [r.line() + "\n" + r.error for r in results if not r.ok]
     assert not failures, "\n".join(failures)
     assert {r.kernel.split("[")[0] for r in results} == {
-        "attention", "reduce_segments", "write_kv", "rms_norm_residual", "rotary", "silu_and_mul"}
+        "attention", "reduce_segments", "write_kv", "rms_norm_residual", "rotary", "rotary_write_kv", "silu_and_mul"}
     for r in results:
         assert r.target == f"hip:{arch}" and r.num_warps and r.extra.get("occupancy", 0) >= 1, r.line()
         assert r.extra.get("hsaco_bytes", 0) > 0, f"{r.kernel}: no linked code object"

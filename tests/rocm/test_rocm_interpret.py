@@ -78,7 +78,7 @@ def _bf16_dot_is_a_product_of_values() -> float:
 
 
 def _ops_table(arch: str) -> float:
-    """The rocm table: Triton kernels for the five ops (attention bound to the arch's row), reference for the
+    """The rocm table: Triton kernels for the six ops (attention bound to the arch's row), reference for the
     rest, with the reference's signatures."""
     import inspect
 
@@ -86,7 +86,7 @@ def _ops_table(arch: str) -> float:
     from unifer.ops import reference
 
     b = _backend(arch)
-    native = {"rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "paged_attention"}
+    native = {"rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "rotary_write_kv", "paged_attention"}
     assert b.ops.native == native
     for name in native - {"paged_attention"}:
         assert getattr(b.ops, name) is ops()[name], name

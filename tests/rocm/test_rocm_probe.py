@@ -215,7 +215,8 @@ def test_native_ops_bind_the_arch_launch_config(monkeypatch):
     b = ROCmBackend()
     b.arch = "gfx90a"
     ops = b.native_ops()
-    assert set(ops) == {"rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "paged_attention"}
+    assert set(ops) == {"rms_norm", "rotary_embedding", "silu_and_mul", "write_kv", "rotary_write_kv",
+                        "paged_attention"}
     assert b.op_sources() == dict.fromkeys(ops, "triton")
     ref_params = inspect.signature(reference.paged_attention).parameters
     got_params = inspect.signature(ops["paged_attention"]).parameters

@@ -158,45 +158,106 @@ def _write_kv(dtype: str, head_dim: int, block_size: int):
 
     def run(backend, config, seed):
         dev, dt, g = backend.device(), grid.torch_dtype(dtype), _gen(seed)
-        kv_heads, num_blocks = 2, 64
-        # Two sequences of a prefill crossing several block boundaries, in shuffled non-contiguous blocks (block 0
-        # is the null block, never written), plus padding tokens with slot -1.
-        blocks = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-        lens = [3 * block_size + 1, 2 * block_size - 1]
-        slots = []
-        for n in lens:
-            table, blocks = blocks[: -(-n // block_size)], blocks[-(-n // block_size):]
-            slots += [table[p // block_size] * block_size + p % block_size for p in range(n)]
-        slots += [-1, -1, -1]
-        slot_mapping = torch.tensor(slots, dtype=torch.int64, device=dev)
-        tokens = len(slots)
-        k = randn((tokens, kv_heads, head_dim), dt, dev, g)
-        v = randn((tokens, kv_heads, head_dim), dt, dev, g)
-        shape = backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim)
-        cache = Guarded(None, shape=shape, dtype=dt, device=dev)
+        slot_mapping, _ = _prefill_slots(g, block_size, dev)
+        tokens = len(slot_mapping)
+        k = randn((tokens, KV_WRITE_HEADS, head_dim), dt, dev, g)
+        v = randn((tokens, KV_WRITE_HEADS, head_dim), dt, dev, g)
+        cache = _kv_cache(backend, block_size, head_dim, dt)
         backend.ops.write_kv(k, v, cache.tensor, slot_mapping)
         backend.synchronize()
-        if not cache.guards_intact():
-            return Result(Status.FAIL, "write_kv wrote outside the KV cache tensor (a guard region changed)")
-        written = int((~torch.isnan(cache.tensor.float())).sum())
-        expected = 2 * (tokens - 3) * kv_heads * head_dim
-        if written != expected:
-            return Result(Status.FAIL, f"write_kv changed {written} cache elements, expected exactly {expected} "
-                                       "(2 x valid tokens x kv heads x head dim)")
-        if tuple(shape) != (2, num_blocks, block_size, kv_heads, head_dim):
+        got = _written(cache, slot_mapping, block_size, "write_kv")
+        if isinstance(got, Result):
+            return got
+        if got is None:
             return Result(Status.PASS, "custom cache layout: element count checked here; positions are checked "
                                        "through paged attention (level 2)")
         valid = slot_mapping >= 0
-        s = slot_mapping[valid]
-        got_k = cache.tensor[0, s // block_size, s % block_size]
-        got_v = cache.tensor[1, s // block_size, s % block_size]
+        got_k, got_v = got
         if not (same_bits(got_k, k[valid]) and same_bits(got_v, v[valid])):
             wrong = (got_k != k[valid]).flatten(1).any(1).nonzero().flatten().tolist()
             return Result(Status.FAIL, f"write_kv put tokens {wrong[:8]} at the wrong slots "
-                                       f"(slots {s[wrong[:8]].tolist()})")
-        return Result(Status.PASS, f"{tokens - 3} tokens at exact slots, 3 padding tokens skipped")
+                                       f"(slots {slot_mapping[valid][wrong[:8]].tolist()})")
+        return Result(Status.PASS, f"{int(valid.sum())} tokens at exact slots, {PADDING} padding tokens skipped")
 
     return run
+
+
+def _rotary_write_kv(dtype: str, head_dim: int, block_size: int):
+    """The fused op against its parts in float64: the rotated query, the rotated key and the exact value at the
+    given slots (slot -1 skipped), nothing else written, inputs untouched."""
+
+    def run(backend, config, seed):
+        from unifer.ops import reference
+
+        dev, dt, g = backend.device(), grid.torch_dtype(dtype), _gen(seed)
+        slot_mapping, positions = _prefill_slots(g, block_size, dev)
+        tokens = len(slot_mapping)
+        q = randn((tokens, 4, head_dim), dt, dev, g)
+        k = randn((tokens, KV_WRITE_HEADS, head_dim), dt, dev, g)
+        v = randn((tokens, KV_WRITE_HEADS, head_dim), dt, dev, g)
+        cos_sin = rope_cache(head_dim).to(dev)
+        cache = _kv_cache(backend, block_size, head_dim, dt)
+        fn = lambda qq, kk, vv: backend.ops.rotary_write_kv(  # noqa: E731
+            positions, qq, kk, vv, cos_sin, cache.tensor, slot_mapping)
+        out, problem = _call_fn(backend, fn, q, k, v)
+        if problem:
+            return problem
+        got = _written(cache, slot_mapping, block_size, "rotary_write_kv")
+        if isinstance(got, Result):
+            return got
+        want_q, want_k = reference.rotary_embedding(positions.cpu(), q.double().cpu(), k.double().cpu(),
+                                                    cos_sin.double().cpu())
+        tol = tolerance("rotary_embedding", dtype)
+        checks = [judge(out, want_q, tol, "query")]
+        if got is not None:
+            valid = (slot_mapping >= 0).cpu()
+            checks.append(judge(got[0], want_k[valid], tol, "key in the cache"))
+            if not same_bits(got[1], v[valid.to(dev)]):
+                return Result(Status.FAIL, "rotary_write_kv did not copy the values exactly to their slots")
+        return worst(checks)
+
+    return run
+
+
+KV_WRITE_HEADS, KV_WRITE_BLOCKS, PADDING = 2, 64, 3
+
+
+def _prefill_slots(g: torch.Generator, block_size: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot mapping, positions) of two sequences' prefills crossing several block boundaries, in shuffled
+    non-contiguous blocks (block 0 is the null block, never written), then PADDING tokens with slot -1."""
+    blocks = (torch.randperm(KV_WRITE_BLOCKS - 1, generator=g) + 1).tolist()
+    slots, positions = [], []
+    for n in (3 * block_size + 1, 2 * block_size - 1):
+        table, blocks = blocks[: -(-n // block_size)], blocks[-(-n // block_size):]
+        slots += [table[p // block_size] * block_size + p % block_size for p in range(n)]
+        positions += list(range(n))
+    slots += [-1] * PADDING
+    positions += [0] * PADDING
+    return (torch.tensor(slots, dtype=torch.int64, device=dev), torch.tensor(positions, dtype=torch.int64, device=dev))
+
+
+def _kv_cache(backend, block_size: int, head_dim: int, dt) -> Guarded:
+    shape = backend.kv_cache_shape(KV_WRITE_BLOCKS, block_size, KV_WRITE_HEADS, head_dim)
+    return Guarded(None, shape=shape, dtype=dt, device=backend.device())
+
+
+def _written(cache: Guarded, slot_mapping: torch.Tensor, block_size: int, op: str):
+    """A FAIL if the op wrote outside the cache or other than exactly the valid slots' elements; else the (K, V)
+    rows at the valid slots, or None for a backend's own cache layout (positions are then checked through paged
+    attention, level 2)."""
+    if not cache.guards_intact():
+        return Result(Status.FAIL, f"{op} wrote outside the KV cache tensor (a guard region changed)")
+    t = cache.tensor
+    valid = slot_mapping >= 0
+    written = int((~torch.isnan(t.float())).sum())
+    expected = 2 * int(valid.sum()) * KV_WRITE_HEADS * t.shape[-1]
+    if written != expected:
+        return Result(Status.FAIL, f"{op} changed {written} cache elements, expected exactly {expected} "
+                                   "(2 x valid tokens x kv heads x head dim)")
+    if tuple(t.shape) != (2, KV_WRITE_BLOCKS, block_size, KV_WRITE_HEADS, t.shape[-1]):
+        return None
+    s = slot_mapping[valid]
+    return t[0, s // block_size, s % block_size], t[1, s // block_size, s % block_size]
 
 
 # --- the cases -------------------------------------------------------------------------------------------------
@@ -225,10 +286,12 @@ def cases(backend) -> list[Case]:
         hd = grid.default_head_size(backend)
         for bs in grid.block_sizes(backend):
             if bs not in caps.block_sizes:
-                out.append(Case(f"ops/write_kv/{dtype}/b{bs}", "ops", None, dict(dtype=dtype, block_size=bs),
-                                na or f"block size {bs} not declared"))
+                for op in ("write_kv", "rotary_write_kv"):
+                    out.append(Case(f"ops/{op}/{dtype}/b{bs}", "ops", None, dict(dtype=dtype, block_size=bs),
+                                    na or f"block size {bs} not declared"))
                 continue
             add(f"ops/write_kv/{dtype}/b{bs}", _write_kv(dtype, hd, bs), head_size=hd, block_size=bs)
+            add(f"ops/rotary_write_kv/{dtype}/b{bs}", _rotary_write_kv(dtype, hd, bs), head_size=hd, block_size=bs)
     for rows, vocab in ((1, 32), (4, 32000)):
         out.append(Case(f"ops/apply_penalties/float32/r{rows}/v{vocab}", "ops", _penalties(rows, vocab),
                         dict(rows=rows, vocab=vocab, dtype="float32")))

@@ -72,8 +72,7 @@ class Attention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.rotary_embedding(positions, q, k, self.cos_sin_cache)
-        self.ops.write_kv(k, v, kv_cache, metadata.slot_mapping)
+        q = self.ops.rotary_write_kv(positions, q, k, v, self.cos_sin_cache, kv_cache, metadata.slot_mapping)
         out = self.ops.paged_attention(q, kv_cache, metadata, scale=self.scale,
                                        sliding_window=self.sliding_window, soft_cap=self.soft_cap)
         return self.o_proj(out.reshape(tokens, self.q_size))

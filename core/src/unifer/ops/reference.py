@@ -60,6 +60,15 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
     kv_cache[1, blocks, offsets] = value[valid].to(kv_cache.dtype)
 
 
+def rotary_write_kv(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rotary_embedding`` of query and key, then ``write_kv`` of the rotated key and the value; returns the rotated
+    query. One op so that a backend can do both in one pass over the new tokens."""
+    query, key = rotary_embedding(positions, query, key, cos_sin_cache)
+    write_kv(key, value, kv_cache, slot_mapping)
+    return query
+
+
 def paged_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,

@@ -13,7 +13,7 @@ class CUDABackend(Backend):
     name = "cuda"
     device_type = "cuda"
     priority = 100
-    api_version = "1.2"
+    api_version = "1.3"
     version = "0.1.0"
     capabilities = Capabilities(
         dtypes=("bfloat16", "float16", "float32"),

@@ -23,7 +23,7 @@ class ROCmBackend(Backend):
     name = "rocm"
     device_type = "cuda"
     priority = 100
-    api_version = "1.2"
+    api_version = "1.3"
     version = "0.1.0"
 
     def __init__(self) -> None:

@@ -93,7 +93,9 @@ def triton_xpu_status() -> tuple[bool, str]:
 def select_op_sources(*, ipex: bool, triton: bool) -> dict[str, str]:
     """op -> "ipex" or "triton" for each op with a native kernel; ops left out fall back to the reference.
     IPEX first (Intel's tuned kernels), then Triton. write_kv and paged_attention share the KV-cache layout, so
-    they always come from one library: both are in IPEX's set and in Triton's."""
+    they always come from one library: both are in IPEX's set and in Triton's. The fused rotary_write_kv also
+    writes the cache, so it is native only where write_kv comes from Triton; otherwise the table runs it as its
+    parts."""
     from unifer.kernels.triton import OP_NAMES as TRITON_OPS
 
     sources = {}
@@ -102,6 +104,8 @@ def select_op_sources(*, ipex: bool, triton: bool) -> dict[str, str]:
             sources[op] = "ipex"
         elif triton and op in TRITON_OPS:
             sources[op] = "triton"
+    if sources.get("rotary_write_kv") != sources.get("write_kv"):
+        sources.pop("rotary_write_kv", None)
     return sources
 
 

@@ -1,8 +1,8 @@
 """Portable Triton kernels shared by GPU backends (CUDA, ROCm, XPU), tuned per (vendor, arch) in ``configs``.
 
 Importing this package needs no Triton and touches no device; the kernel modules (attention, kv_write, norm,
-rotary, activation) import Triton and are loaded on first use. ``ops()`` returns the ops-table entries, by name,
-with the exact signatures of ``unifer.ops.reference``. Matrix products stay in torch.
+rotary, rotary_write_kv, activation) import Triton and are loaded on first use. ``ops()`` returns the ops-table
+entries, by name, with the exact signatures of ``unifer.ops.reference``. Matrix products stay in torch.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _OPS: dict[str, tuple[str, str]] = {
     "rotary_embedding": ("rotary", "rotary_embedding"),
     "silu_and_mul": ("activation", "silu_and_mul"),
     "write_kv": ("kv_write", "write_kv"),
+    "rotary_write_kv": ("rotary_write_kv", "rotary_write_kv"),
     "paged_attention": ("attention", "paged_attention"),
 }
 OP_NAMES: tuple[str, ...] = tuple(_OPS)
@@ -34,7 +35,8 @@ def _require_triton() -> None:
 
 
 def module(name: str):
-    """Import one kernel module (``attention``, ``kv_write``, ``norm``, ``rotary``, ``activation``)."""
+    """Import one kernel module (``attention``, ``kv_write``, ``norm``, ``rotary``, ``rotary_write_kv``,
+    ``activation``)."""
     _require_triton()
     return importlib.import_module(f"unifer.kernels.triton.{name}")
 

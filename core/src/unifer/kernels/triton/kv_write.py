@@ -46,14 +46,18 @@ def _write_kv_kernel(
     tl.store(kv_ptr + kv_stride0 + dst, v.to(kv_ptr.dtype.element_ty), mask=mask)
 
 
-def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place)."""
+def check_kv_inputs(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor) -> None:
     if kv_cache.dim() != 5 or kv_cache.shape[0] != 2 or key.shape != value.shape or key.dim() != 3:
         raise ValueError(f"write_kv: key {tuple(key.shape)}, value {tuple(value.shape)}, cache {tuple(kv_cache.shape)}")
     if key.shape[1:] != kv_cache.shape[3:]:
         raise ValueError(f"write_kv: key {tuple(key.shape)} does not match cache {tuple(kv_cache.shape)}")
     if kv_cache.stride(4) != 1:
         raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place)."""
+    check_kv_inputs(key, value, kv_cache)
     key = key if key.stride(2) == 1 else key.contiguous()
     value = value if value.stride(2) == 1 else value.contiguous()
     num_tokens = slot_mapping.shape[0]

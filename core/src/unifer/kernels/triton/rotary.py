@@ -97,15 +97,20 @@ def _rotary_kernel(
     )
 
 
-def rotary_embedding(
-    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same signature and semantics as ``unifer.ops.reference.rotary_embedding``."""
+def check_rotary_inputs(query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
     if query.dim() != 3 or key.dim() != 3 or query.shape[2] != key.shape[2] or query.shape[0] != key.shape[0]:
         raise ValueError(f"rotary_embedding: query {tuple(query.shape)} and key {tuple(key.shape)}")
     head_dim = query.shape[2]
     if cos_sin_cache.shape[-1] != head_dim or head_dim % 2:
         raise ValueError(f"rotary_embedding: cos_sin_cache {tuple(cos_sin_cache.shape)} for head_dim {head_dim}")
+
+
+def rotary_embedding(
+    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same signature and semantics as ``unifer.ops.reference.rotary_embedding``."""
+    check_rotary_inputs(query, key, cos_sin_cache)
+    head_dim = query.shape[2]
     query = query if query.stride(2) == 1 else query.contiguous()
     key = key if key.stride(2) == 1 else key.contiguous()
     cache = cos_sin_cache if cos_sin_cache.stride(1) == 1 else cos_sin_cache.contiguous()
