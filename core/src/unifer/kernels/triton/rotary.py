@@ -41,6 +41,16 @@ def _rotate_heads(
 
 
 @triton.jit
+def _cos_sin(pos_ptr, cache_ptr, cache_stride0, t, HALF: tl.constexpr, HALF_PAD: tl.constexpr, ACC: tl.constexpr):
+    """Token ``t``'s cos and sin rows (HALF_PAD lanes, zero past HALF)."""
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    d = tl.arange(0, HALF_PAD)
+    cos = tl.load(cache_ptr + pos * cache_stride0 + d, mask=d < HALF, other=0.0).to(ACC)
+    sin = tl.load(cache_ptr + pos * cache_stride0 + HALF + d, mask=d < HALF, other=0.0).to(ACC)
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     pos_ptr,
     q_ptr,
@@ -66,11 +76,7 @@ def _rotary_kernel(
     ACC: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    d = tl.arange(0, HALF_PAD)
-    dm = d < HALF
-    cos = tl.load(cache_ptr + pos * cache_stride0 + d, mask=dm, other=0.0).to(ACC)
-    sin = tl.load(cache_ptr + pos * cache_stride0 + HALF + d, mask=dm, other=0.0).to(ACC)
+    cos, sin = _cos_sin(pos_ptr, cache_ptr, cache_stride0, t, HALF, HALF_PAD, ACC)
     _rotate_heads(
         q_ptr + t * q_stride0,
         qo_ptr + t * qo_stride0,

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from unifer.kernels.triton.kv_write import check_kv_inputs
-from unifer.kernels.triton.rotary import _rotate_heads, check_rotary_inputs
+from unifer.kernels.triton.rotary import _cos_sin, _rotate_heads, check_rotary_inputs
 from unifer.kernels.triton.util import current_configs
 from unifer.pow2 import next_pow2
 
@@ -52,10 +52,7 @@ def _rotary_write_kv_kernel(
     ACC: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    d = tl.arange(0, HALF_PAD)
-    cos = tl.load(cos_sin_ptr + pos * cos_sin_stride0 + d, mask=d < HALF, other=0.0).to(ACC)
-    sin = tl.load(cos_sin_ptr + pos * cos_sin_stride0 + HALF + d, mask=d < HALF, other=0.0).to(ACC)
+    cos, sin = _cos_sin(pos_ptr, cos_sin_ptr, cos_sin_stride0, t, HALF, HALF_PAD, ACC)
     _rotate_heads(q_ptr + t * q_stride0, qo_ptr + t * qo_stride0, q_stride1, qo_stride1, cos, sin,
                   NUM_Q_HEADS, HALF, QH_PAD, HALF_PAD)
     slot = tl.load(slot_ptr + t).to(tl.int64)
