@@ -21,6 +21,6 @@ def hf_greedy(folder, prompts: list[list[int]], max_new_tokens: int, top_n: int 
         for logits in out.logits:
             logprobs = torch.log_softmax(logits[0].float(), dim=-1)
             top = logprobs.topk(top_n)
-            steps.append(dict(zip(top.indices.tolist(), top.values.tolist())))
+            steps.append(dict(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
         results.append((tokens, steps))
     return results

@@ -10,7 +10,8 @@ from tokenizer_fixture import build_tokenizer
 from unifer.engine.detokenizer import IncrementalDetokenizer
 from unifer.model.tokenizer import Tokenizer
 
-ALPHABET = list("abcdefg hij  XYZ.,!?\n") + list("éöüßñ日本語中文한국🙂🚀👍🏽€≤") + ["héllo", " wörld", " 日本語", " 🙂"]
+ALPHABET = (list("abcdefg hij  XYZ.,!?\n") + list("éöüßñ日本語中文한국🙂🚀👍🏽€≤")
+            + ["héllo", " wörld", " 日本語", " 🙂"])
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,11 @@ def _prompts(seed: int, count: int = 8, shared_prefix: int = 0) -> list[list[int
 
 
 def _assert_matches_hf(outputs, reference):
-    for out, (ref_tokens, ref_steps) in zip(outputs, reference):
+    for out, (ref_tokens, ref_steps) in zip(outputs, reference, strict=True):
         got = out.outputs[0]
         assert got.token_ids == ref_tokens
         assert len(got.logprobs) == len(ref_steps)
-        for step, ref in zip(got.logprobs, ref_steps):
+        for step, ref in zip(got.logprobs, ref_steps, strict=True):
             ours = sorted(step.items(), key=lambda kv: -kv[1])[:5]
             assert [t for t, _ in ours] == list(ref)
             for token, value in ours:

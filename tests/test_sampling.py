@@ -157,7 +157,7 @@ def test_penalties_match_direct_computation(sampler):
         return captured["out"]
 
     spying = Sampler(resolve_ops({"apply_penalties": spy}))
-    batch = [state(p, prompt, output) for p, prompt, output in zip(params, prompts, outputs)]
+    batch = [state(p, prompt, output) for p, prompt, output in zip(params, prompts, outputs, strict=True)]
     out = spying(logits, batch)
     torch.testing.assert_close(captured["out"], expected)
     assert out.token_ids == expected.argmax(-1).tolist()
@@ -201,7 +201,7 @@ def test_logprobs_from_raw_logits(sampler):
     raw = torch.log_softmax(logits, -1)
     top3 = raw[0].topk(3)
     lp0 = out.logprobs[0]
-    for i, v in zip(top3.indices.tolist(), top3.values.tolist()):
+    for i, v in zip(top3.indices.tolist(), top3.values.tolist(), strict=True):
         assert math.isclose(lp0[i], v, rel_tol=1e-5, abs_tol=1e-6)
     assert out.token_ids[0] in lp0 and len(lp0) in (3, 4)
     assert list(out.logprobs[1]) == [out.token_ids[1]]

@@ -299,7 +299,7 @@ class LLMEngine:
 
     def _finish(self, sampling: list[tuple[_Parent, _Sequence]], result: SamplerOutput) -> list[RequestOutput]:
         touched: dict[str, _Parent] = {}
-        for (parent, seq), token, logprobs in zip(sampling, result.token_ids, result.logprobs):
+        for (parent, seq), token, logprobs in zip(sampling, result.token_ids, result.logprobs, strict=True):
             if seq.output.finished:  # stopped on the previous token, or aborted, since this row was launched
                 continue
             self._append(seq, token, logprobs)

@@ -70,7 +70,7 @@ class LLM:
                 raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
         try:
-            for rid, prompt, p in zip(ids, prompts, params):
+            for rid, prompt, p in zip(ids, prompts, params, strict=True):
                 self.engine.add_request(rid, prompt, p)
             finished: dict[str, RequestOutput] = {}
             with tqdm(total=len(prompts), desc="generate", disable=not use_tqdm or len(prompts) < 2) as bar:

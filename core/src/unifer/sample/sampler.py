@@ -67,7 +67,8 @@ class PendingSample:
                 logprobs.append(None)
                 sampled_logprob.append(None)
                 continue
-            entry = dict(zip(top_ids[row][: p.logprobs], top_vals[row][: p.logprobs])) if p.logprobs else {}
+            n_top = p.logprobs
+            entry = dict(zip(top_ids[row][:n_top], top_vals[row][:n_top], strict=True)) if n_top else {}
             entry[token_list[row]] = sampled[row]
             logprobs.append(entry)
             sampled_logprob.append(sampled[row])
@@ -184,10 +185,10 @@ class Sampler:
         device = logits.device
         greedy_tokens = logits.argmax(dim=-1) if any(greedy) else None
         # Greedy rows get temperature 1 here; their draw is discarded below.
-        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)],
+        temps = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
                              dtype=torch.float32, device=device)
         scaled = logits / temps[:, None]
-        if any(p.uses_top_k_top_p_min_p and not g for p, g in zip(params, greedy)):
+        if any(p.uses_top_k_top_p_min_p and not g for p, g in zip(params, greedy, strict=True)):
             scaled = self.ops.apply_top_k_top_p_min_p(
                 scaled,
                 top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int64, device=device),
@@ -195,7 +196,7 @@ class Sampler:
                 min_p=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
             )
         probs = torch.softmax(scaled, dim=-1)
-        sampled = self.ops.random_sample(probs, [None if g else gen for g, gen in zip(greedy, generators)])
+        sampled = self.ops.random_sample(probs, [None if g else gen for g, gen in zip(greedy, generators, strict=True)])
         if greedy_tokens is None:
             return sampled
         is_greedy = torch.tensor(greedy, dtype=torch.bool, device=device)
