@@ -197,9 +197,6 @@ def bench_graph(fn) -> float:
         return bench(fn)
 
 
-_READ_PROGRAMS = 132 * 8
-
-
 @triton.jit
 def _read_kernel(ptr, n, sink, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -213,9 +210,11 @@ def _read_kernel(ptr, n, sink, BLOCK: tl.constexpr):
 def read_all(t: torch.Tensor) -> torch.Tensor:
     """Reads every byte of ``t`` once (an xor of its 32-bit words into one value per program)."""
     words = t.view(-1).view(torch.int32)
-    sink = torch.empty(_READ_PROGRAMS, dtype=torch.int32, device=t.device)
     block = 4096
-    grid = (min(_READ_PROGRAMS, triton.cdiv(words.numel(), block)),)
+    programs = min(8 * torch.cuda.get_device_properties(t.device).multi_processor_count,
+                   triton.cdiv(words.numel(), block))
+    sink = torch.empty(programs, dtype=torch.int32, device=t.device)
+    grid = (programs,)
     _read_kernel[grid](words, words.numel(), sink, BLOCK=block, num_warps=8)
     return sink
 

@@ -11,6 +11,17 @@ from unifer.pow2 import next_pow2
 
 
 @triton.jit
+def _copy_heads(src, dst, src_stride, dst_stride, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                H_PAD: tl.constexpr, D_PAD: tl.constexpr):
+    """Copies one token's NUM_HEADS rows of HEAD_DIM (head strides as given), converting to dst's dtype."""
+    h = tl.arange(0, H_PAD)
+    d = tl.arange(0, D_PAD)
+    mask = (h < NUM_HEADS)[:, None] & (d < HEAD_DIM)[None, :]
+    x = tl.load(src + h[:, None] * src_stride + d[None, :], mask=mask)
+    tl.store(dst + h[:, None] * dst_stride + d[None, :], x.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _write_kv_kernel(
     key_ptr,
     value_ptr,
@@ -34,16 +45,10 @@ def _write_kv_kernel(
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:
         return
-    block = slot // BLOCK_SIZE
-    offset = slot % BLOCK_SIZE
-    h = tl.arange(0, KH_PAD)
-    d = tl.arange(0, HEAD_PAD)
-    mask = (h < NUM_KV_HEADS)[:, None] & (d < HEAD_DIM)[None, :]
-    dst = block * kv_stride1 + offset * kv_stride2 + h[:, None] * kv_stride3 + d[None, :]
-    k = tl.load(key_ptr + t * k_stride0 + h[:, None] * k_stride1 + d[None, :], mask=mask)
-    tl.store(kv_ptr + dst, k.to(kv_ptr.dtype.element_ty), mask=mask)
-    v = tl.load(value_ptr + t * v_stride0 + h[:, None] * v_stride1 + d[None, :], mask=mask)
-    tl.store(kv_ptr + kv_stride0 + dst, v.to(kv_ptr.dtype.element_ty), mask=mask)
+    dst = kv_ptr + (slot // BLOCK_SIZE) * kv_stride1 + (slot % BLOCK_SIZE) * kv_stride2
+    _copy_heads(key_ptr + t * k_stride0, dst, k_stride1, kv_stride3, NUM_KV_HEADS, HEAD_DIM, KH_PAD, HEAD_PAD)
+    _copy_heads(value_ptr + t * v_stride0, dst + kv_stride0, v_stride1, kv_stride3, NUM_KV_HEADS, HEAD_DIM, KH_PAD,
+                HEAD_PAD)
 
 
 def check_kv_inputs(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor) -> None:

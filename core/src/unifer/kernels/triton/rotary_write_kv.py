@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unifer.kernels.triton.kv_write import check_kv_inputs
+from unifer.kernels.triton.kv_write import _copy_heads, check_kv_inputs
 from unifer.kernels.triton.rotary import _cos_sin, _rotate_heads, check_rotary_inputs
 from unifer.kernels.triton.util import current_configs
 from unifer.pow2 import next_pow2
@@ -60,11 +60,8 @@ def _rotary_write_kv_kernel(
         dst = kv_ptr + (slot // BLOCK_SIZE) * kv_stride1 + (slot % BLOCK_SIZE) * kv_stride2
         _rotate_heads(k_ptr + t * k_stride0, dst, k_stride1, kv_stride3, cos, sin, NUM_KV_HEADS, HALF, KH_PAD,
                       HALF_PAD)
-        h = tl.arange(0, KH_PAD)
-        e = tl.arange(0, HEAD_PAD)
-        mask = (h < NUM_KV_HEADS)[:, None] & (e < HEAD_DIM)[None, :]
-        v = tl.load(v_ptr + t * v_stride0 + h[:, None] * v_stride1 + e[None, :], mask=mask)
-        tl.store(dst + kv_stride0 + h[:, None] * kv_stride3 + e[None, :], v.to(kv_ptr.dtype.element_ty), mask=mask)
+        _copy_heads(v_ptr + t * v_stride0, dst + kv_stride0, v_stride1, kv_stride3, NUM_KV_HEADS, HEAD_DIM, KH_PAD,
+                    HEAD_PAD)
 
 
 def rotary_write_kv(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
