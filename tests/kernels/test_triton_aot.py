@@ -37,7 +37,7 @@ def test_every_kernel_compiles_for_cuda_arch(arch):
 
 def test_specs_cover_every_kernel():
     covered = {(s.module, s.function) for s in compile_check.kernel_specs()}
-    for mod in ("attention", "kv_write", "norm", "rotary", "activation"):
+    for mod in ("attention", "kv_write", "norm", "rotary", "rotary_write_kv", "activation"):
         m = module(mod)
         for name, obj in inspect.getmembers(m):
             if isinstance(obj, triton.runtime.JITFunction) and name.endswith("_kernel"):
@@ -68,3 +68,25 @@ def test_builds_take_the_path_a_real_launch_takes():
 
     assert "cp.async" in ptx(attrs) and "ld.global.b16" not in ptx(attrs)
     assert "cp.async" not in ptx({})  # the unaligned variant, which the check used to build
+
+
+@pytest.mark.parametrize("arch", compile_check.CUDA_ARCHS)
+def test_dependent_launch_is_compiled_in_from_hopper_on(arch):
+    """sm_90 and later rows turn programmatic dependent launch on: every kernel then opens with the grid-dependency
+    wait and releases its successor; sm_80 has neither instruction, so its kernels must compile without them."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from unifer.kernels.triton.configs import lookup
+
+    cfg = lookup("cuda", arch)
+    assert cfg.dependent_launch == (arch >= 90)
+    for spec in compile_check.kernel_specs(cfg):
+        if spec.function not in ("_rms_norm_kernel", "_reduce_segments_kernel"):
+            continue
+        fn = getattr(module(spec.module), spec.function)
+        signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
+        src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
+                        attrs=compile_check._jit_attrs(fn, signature))
+        ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps}).asm["ptx"]
+        assert ("griddepcontrol.wait" in ptx) == (arch >= 90), spec.name
+        assert ("griddepcontrol.launch_dependents" in ptx) == (arch >= 90), spec.name

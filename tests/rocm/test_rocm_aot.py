@@ -43,7 +43,7 @@ def rocm_specs(arch: str) -> list[KernelSpec]:
               for decode in (False, True) if (dtype == "bf16" or hd in (80, 256))]
     reduce = next(s for s in specs if s.function == "_reduce_segments_kernel")
     specs.append(KernelSpec(f"reduce_segments[bf16,d256,s{seg}]", reduce.module, reduce.function, reduce.signature,
-                            dict(HEAD_DIM=256, HEAD_PAD=256, NUM_SEGMENTS=seg), reduce.num_warps))
+                            dict(reduce.constexprs, HEAD_DIM=256, HEAD_PAD=256, NUM_SEGMENTS=seg), reduce.num_warps))
     return specs
 
 

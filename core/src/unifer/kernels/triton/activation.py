@@ -6,12 +6,15 @@ import torch
 import triton
 import triton.language as tl
 
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import acc_dtype, current_configs, tl_acc
 from unifer.pow2 import next_pow2
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, x_stride, out_stride, d, BLOCK: tl.constexpr, ACC: tl.constexpr,
+                         PDL: tl.constexpr):
+    wait_for_predecessor(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
@@ -42,6 +45,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
             d,
             BLOCK=block,
             ACC=tl_acc(acc_dtype(x.dtype)),
+            **launch_options(x.device),
             num_warps=current_configs(x.device).elementwise.num_warps,
         )
     return out.reshape(*x.shape[:-1], d)

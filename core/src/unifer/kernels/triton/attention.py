@@ -22,6 +22,7 @@ import triton.language as tl
 
 from unifer.backends.backend import AttentionMetadata
 from unifer.kernels.triton.configs import AttentionConfig, attention_launch, choose_num_segments
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import acc_dtype, current_configs, dot_precision
 
 LOG2E = 1.4426950408889634
@@ -87,7 +88,9 @@ def _unified_attention_kernel(
     NUM_SEGMENTS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
     num_kv_heads = num_heads // GROUP
     q_block_global = tl.program_id(0) // num_kv_heads
@@ -187,7 +190,9 @@ def _reduce_segments_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     NUM_SEGMENTS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     tok = tl.program_id(0)
     head = tl.program_id(1)
     if tok >= tl.load(query_start_ptr + num_seqs):
@@ -256,6 +261,7 @@ def unified_attention(
         raise ValueError(f"num_segments must be a power of two, got {num_segments}")
 
     acc = acc_dtype(query.dtype)
+    pdl = launch_options(query.device)
     if num_segments > 1:
         segm_out = torch.empty(num_tokens, num_heads, num_segments, head_pad, dtype=acc, device=query.device)
         segm_max = torch.empty(num_tokens, num_heads, num_segments, dtype=acc, device=query.device)
@@ -300,6 +306,7 @@ def unified_attention(
         NUM_SEGMENTS=num_segments,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],
     )
@@ -317,6 +324,7 @@ def unified_attention(
             HEAD_DIM=head_dim,
             HEAD_PAD=head_pad,
             NUM_SEGMENTS=num_segments,
+            **pdl,
             num_warps=cfg.reduce_num_warps,
         )
     return out

@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from unifer.kernels.triton import module
@@ -135,6 +135,7 @@ def _attention_spec(
         NUM_SEGMENTS=segments,
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
+        PDL=configs.dependent_launch,
     )
     variant = (
         f"attention[{dtype},d{head_dim},bs{block_size},g{group},{'decode' if decode else 'prefill'}"
@@ -294,7 +295,8 @@ def kernel_specs(configs: KernelConfigs | None = None, *, full: bool = False) ->
             configs.elementwise.num_warps,
         ),
     ]
-    return specs
+    # Every kernel opens with the dependent-launch wait, compiled in where the target's row turns it on.
+    return [replace(s, constexprs={**s.constexprs, "PDL": configs.dependent_launch}) for s in specs]
 
 
 def _target_label(target) -> str:

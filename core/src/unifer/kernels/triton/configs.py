@@ -46,6 +46,8 @@ class ElementwiseConfig:
 class KernelConfigs:
     attention: AttentionConfig = AttentionConfig()
     elementwise: ElementwiseConfig = ElementwiseConfig()
+    # Programmatic dependent launch (``dependent_launch`` module): CUDA sm_90 and later only.
+    dependent_launch: bool = False
 
 
 _DEFAULT = KernelConfigs()
@@ -83,6 +85,7 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             num_warps_prefill=8,
             num_stages_prefill=3,
         ),
+        dependent_launch=True,
     ),
     # Blackwell (B200).
     ("cuda", 100): KernelConfigs(
@@ -96,6 +99,7 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             num_warps_prefill=8,
             num_stages_prefill=3,
         ),
+        dependent_launch=True,
     ),
     ("cuda", None): KernelConfigs(attention=replace(_DEFAULT.attention, num_stages=2)),
     # CDNA (ROCm backend): 64-wide wavefronts, so num_warps=4 is 256 lanes and VGPRs, not shared memory, bound

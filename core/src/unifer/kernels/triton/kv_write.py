@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import current_configs
 from unifer.pow2 import next_pow2
 
@@ -40,7 +41,9 @@ def _write_kv_kernel(
     KH_PAD: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:
@@ -87,5 +90,6 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
         KH_PAD=next_pow2(num_kv_heads),
         HEAD_PAD=next_pow2(head_dim),
         BLOCK_SIZE=block_size,
+        **launch_options(key.device),
         num_warps=current_configs(key.device).elementwise.num_warps,
     )

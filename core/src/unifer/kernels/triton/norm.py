@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import acc_dtype, tl_acc
 from unifer.pow2 import next_pow2
 
@@ -26,7 +27,9 @@ def _rms_norm_kernel(
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -83,6 +86,7 @@ def rms_norm(
             BLOCK=block,
             HAS_RESIDUAL=residual is not None,
             ACC=tl_acc(acc_dtype(sum_dtype)),
+            **launch_options(x.device),
             num_warps=min(max(block // 256, 1), 16) if x.device.type != "cpu" else 1,
         )
     out = out.reshape(shape)

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import current_configs
 from unifer.pow2 import next_pow2
 
@@ -74,7 +75,9 @@ def _rotary_kernel(
     KH_PAD: tl.constexpr,
     HALF_PAD: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     t = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(pos_ptr, cache_ptr, cache_stride0, t, HALF, HALF_PAD, ACC)
     _rotate_heads(
@@ -149,6 +152,7 @@ def rotary_embedding(
             KH_PAD=next_pow2(key.shape[1]),
             HALF_PAD=next_pow2(half),
             ACC=tl.float64 if wide else tl.float32,
+            **launch_options(query.device),
             num_warps=current_configs(query.device).elementwise.num_warps,
         )
     return q_out, k_out

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.kv_write import _copy_heads, check_kv_inputs
 from unifer.kernels.triton.rotary import _cos_sin, _rotate_heads, check_rotary_inputs
 from unifer.kernels.triton.util import current_configs
@@ -50,7 +51,9 @@ def _rotary_write_kv_kernel(
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_predecessor(PDL)
     t = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(pos_ptr, cos_sin_ptr, cos_sin_stride0, t, HALF, HALF_PAD, ACC)
     _rotate_heads(q_ptr + t * q_stride0, qo_ptr + t * qo_stride0, q_stride1, qo_stride1, cos, sin,
@@ -114,6 +117,7 @@ def rotary_write_kv(positions: torch.Tensor, query: torch.Tensor, key: torch.Ten
         HEAD_PAD=next_pow2(head_dim),
         BLOCK_SIZE=block_size,
         ACC=tl.float64 if torch.float64 in (cos_sin.dtype, query.dtype) else tl.float32,
+        **launch_options(query.device),
         num_warps=current_configs(query.device).elementwise.num_warps,
     )
     return q_out
