@@ -2,10 +2,10 @@
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
-#   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl warmup attention
-#   model conformance serve; none given: all but sweep, profile and prefetch
+#   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl step warmup
+#   attention model conformance serve; none given: all but sweep, profile and prefetch
 set -uo pipefail
-stages=" ${*:-check fusion pdl warmup model attention conformance serve} "
+stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -38,6 +38,9 @@ if want fusion; then
 fi
 if want pdl; then
   python3 benchmarks/dependent_launch_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/dependent-launch.txt"
+fi
+if want step; then
+  python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/engine-step.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"

@@ -47,9 +47,10 @@ class ModelRunner:
         self.device = device
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
-        # Two pinned host twins of _static's flat buffers, used in turn: under asynchronous scheduling a replay's
-        # inputs are staged while the previous replay's copies may still be queued.
-        self._host: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._rows = np.zeros(0, dtype=np.int64)  # 0 .. top - 1: every row's own host id, as its default source
+        # Two pinned host twins of _static's flat buffer (and their numpy views), used in turn: under asynchronous
+        # scheduling a replay's inputs are staged while the previous replay's copy may still be queued.
+        self._host: list[tuple[torch.Tensor, dict[str, np.ndarray]]] = []
         self._turn = 0
 
     # decode graphs --------------------------------------------------------------------------------------------
@@ -66,19 +67,22 @@ class ModelRunner:
         buckets = decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
-        # The per-step inputs live in two flat device buffers with pinned host twins, so a replay's inputs go in
-        # two asynchronous copies instead of one blocking pageable copy per tensor.
+        # A replay's inputs live in one flat device buffer with two pinned host twins, so they go in one
+        # asynchronous copy. int64 part: the host's token ids, then the previous step's sampled tokens (a row per
+        # sequence), then positions, slots, and each row's source among the first two; int32 part: seq lens, table.
+        wide_len = 4 * top + max_num_seqs
+        num_bytes = 8 * wide_len + 4 * top * (1 + max_blocks)
         pin = self.device.type != "cpu"
-        wide = torch.zeros(3, top, dtype=torch.int64, device=self.device)  # input ids, positions, slots
-        narrow = torch.zeros(top * (1 + max_blocks), dtype=torch.int32, device=self.device)  # seq lens, table
-        self._host = [(torch.zeros(wide.shape, dtype=wide.dtype, pin_memory=pin),
-                       torch.zeros(narrow.shape, dtype=narrow.dtype, pin_memory=pin)) for _ in range(2)]
-        st = self._static = {
-            "wide": wide, "narrow": narrow, "input_ids": wide[0], "positions": wide[1], "slots": wide[2],
-            "seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks),
-            "query_start": torch.arange(top + 1, dtype=torch.int32, device=self.device),
-        }
+        flat = torch.zeros(num_bytes, dtype=torch.uint8, device=self.device)
+        hosts = [torch.zeros(num_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        self._host = [(h, {k: v.numpy() for k, v in self._views(h, top, max_num_seqs, max_blocks).items()})
+                      for h in hosts]
+        st = self._static = self._views(flat, top, max_num_seqs, max_blocks)
+        st["flat"] = flat
+        st["query_start"] = torch.arange(top + 1, dtype=torch.int32, device=self.device)
         st["seq_lens"].fill_(1)
+        self._rows = np.arange(top, dtype=np.int64)
+        st["source"].copy_(torch.from_numpy(self._rows))
         for b in reversed(buckets):
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
@@ -86,10 +90,22 @@ class ModelRunner:
                 max_seq_len=max_model_len))
             self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
 
+    @staticmethod
+    def _views(flat: torch.Tensor, top: int, prev: int, max_blocks: int) -> dict[str, torch.Tensor]:
+        wide_len = 4 * top + prev
+        wide = flat[:8 * wide_len].view(torch.int64)
+        narrow = flat[8 * wide_len:].view(torch.int32)
+        rest = wide[top + prev:].view(3, top)
+        return {"tokens": wide[:top + prev], "prev": wide[top:top + prev], "positions": rest[0], "slots": rest[1],
+                "source": rest[2], "seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks)}
+
     def _decode_logits(self, b: int, metadata: AttentionMetadata) -> torch.Tensor:
+        # Each row's token is gathered on the device, from the host's ids or the previous step's sampled tokens,
+        # so a step whose tokens the host has not read yet costs one copy before the replay and no other launch.
         # The LM head is captured too: at batch 1 its launch and the float cast are a visible part of a step.
         st = self._static
-        hidden = self.model(st["input_ids"][:b], st["positions"][:b], self.kv_caches, metadata)
+        input_ids = st["tokens"][st["source"][:b]]
+        hidden = self.model(input_ids, st["positions"][:b], self.kv_caches, metadata)
         return self.model.compute_logits(hidden)
 
     def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,29 +115,34 @@ class ModelRunner:
             return None
         st = self._static
         top, width = st["block_table"].shape
-        # This pair was last copied from two replays ago: the host has read that step's sampled tokens since, so
-        # the device is past those copies.
-        host_wide, host_narrow = self._host[self._turn]
+        num_prev = st["prev"].shape[0]
+        # This buffer was last copied from two replays ago: the host has read that step's sampled tokens since, so
+        # the device is past that copy.
+        host, view = self._host[self._turn]
         self._turn ^= 1
-        ids, pos, slots = host_wide.numpy()
-        ids.fill(0)
+        ids, pos, slots, source, seq_lens = (view[k] for k in ("tokens", "positions", "slots", "source", "seq_lens"))
+        ids[:top].fill(0)
         pos.fill(0)
         slots.fill(-1)  # padding rows write nothing
-        narrow = host_narrow.numpy()
-        seq_lens = narrow[:top]
+        source[:] = self._rows
         seq_lens.fill(1)  # and read one slot of the null block
-        table = narrow[top:top + bucket * width].reshape(bucket, width)
+        table = view["block_table"][:bucket]
         table.fill(0)
         bs = self.block_size
         for i, (tokens, start, _, blocks, _) in enumerate(batch):
-            ids[i], pos[i], seq_lens[i] = tokens[start], start, start + 1
+            token = tokens[start]
+            if token < 0:  # placeholder -(j + 1): row j of prev_tokens, copied into the "prev" rows below
+                source[i] = top - 1 - token
+            else:
+                ids[i] = token
+            pos[i], seq_lens[i] = start, start + 1
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
-        st["wide"].copy_(host_wide, non_blocking=True)
-        used = top + bucket * width
-        st["narrow"][:used].copy_(host_narrow[:used], non_blocking=True)
-        if prev_tokens is not None:
-            _fill_placeholders(st["input_ids"][:n], prev_tokens)
+        used = 8 * (4 * top + num_prev) + 4 * (top + bucket * width)  # the int64 part, seq lens, the table's rows
+        st["flat"][:used].copy_(host[:used], non_blocking=True)
+        if prev_tokens is not None:  # a placeholder names a sequence's row; rows past max_num_seqs are padding
+            rows = min(prev_tokens.shape[0], num_prev)
+            st["prev"][:rows].copy_(prev_tokens[:rows])
         return self._graphs[bucket]()[:n]
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""Batch-1 decode on the whole engine: ms per engine step (schedule, input copy, graph replay, sample, detokenize)
+and per graph replay, against the roofline (weight bytes / copy bandwidth measured in the same run). Llama-3.2-1B
+shape, bf16, random weights; best of ``--rounds`` rounds of 256 steps.
+
+    python benchmarks/engine_step_cuda.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    import unifer
+    from unifer import LLM
+
+    folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, max_num_seqs=1)
+    roofline = weight_bytes(llm) / copy_bandwidth() * 1e3
+    rounds = [decode_ms_per_token(llm) for _ in range(args.rounds)]
+    step = min(s for s, _ in rounds)
+    replay = min(r for _, r in rounds)
+    print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}")
+    print(f"batch-1 decode: roofline {roofline:.3f} ms; engine step {step:.4f} ms ({roofline / step:.1%}), graph "
+          f"replay {replay:.4f} ms ({roofline / replay:.1%}); step - replay {1e3 * (step - replay):.1f} us; rounds "
+          + ", ".join(f"{s:.4f}" for s, _ in rounds))
+
+
+if __name__ == "__main__":
+    main()
