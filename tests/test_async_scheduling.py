@@ -172,3 +172,21 @@ def test_async_engine_streams_and_disconnects(checkpoint_factory, with_events):
     finals = asyncio.run(asyncio.wait_for(main(), 60))
     assert [f.outputs[0].token_ids for f in finals] == [o.outputs[0].token_ids for o in sync]
     assert engine.kv.num_free_blocks == engine.kv.num_usable_blocks and not engine.has_unfinished_requests()
+
+
+def test_async_graphs_past_the_largest_bucket_match_sync(checkpoint_factory, monkeypatch, with_events):
+    """More running sequences than the largest decode graph holds (256): those steps run eagerly. Once requests
+    finish, graphs take over, and their rows take tokens that the last eager step sampled in rows past 256."""
+    import random
+
+    folder = checkpoint_factory("LlamaForCausalLM")
+    rng = random.Random(13)
+    prompts = [[rng.randrange(4, 512) for _ in range(rng.randint(1, 6))] for _ in range(264)]
+    params = [SamplingParams(max_tokens=2 + i % 6, temperature=0.0, ignore_eos=True) for i in range(264)]
+    options = dict(max_num_seqs=264, max_num_batched_tokens=2048, max_model_len=32)
+    _, sync = _run(folder, prompts, params, async_scheduling=False, **options)
+    graphs = RecordingGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: graphs)
+    llm, asynchronous = _run(folder, prompts, params, async_scheduling=True, **options)
+    assert llm.engine.runner.graph_buckets[-1] == 256 and graphs.replays > 0
+    _assert_same(asynchronous, sync)
