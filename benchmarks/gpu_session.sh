@@ -2,8 +2,10 @@
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
-#   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl step warmup
-#   attention model conformance serve; none given: all but sweep, profile and prefetch
+#   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl step step-ab
+#   warmup attention model conformance serve; none given: all but sweep, profile, prefetch and step-ab
+#   step-ab: the batch-1 engine step of core at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against
+#   this tree's, alternately, twice each
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -41,6 +43,16 @@ if want pdl; then
 fi
 if want step; then
   python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/engine-step.txt"
+fi
+if want step-ab; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-base .whl-base/*.whl
+  for round in 1 2; do
+    for side in base this; do
+      echo "== $side (round $round)"
+      path=$PYTHONPATH; [ $side = base ] && path="/tmp/site-base:$PYTHONPATH"
+      PYTHONPATH=$path python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model"
+    done
+  done | tee "$out/engine-step-ab.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
