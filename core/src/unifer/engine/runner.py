@@ -48,6 +48,7 @@ class ModelRunner:
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
         self._rows = np.zeros(0, dtype=np.int64)  # 0 .. top - 1: every row's own host id, as its default source
+        self._table_start = 0  # byte offset of the block table in the flat input buffer
         # Two pinned host twins of _static's flat buffer (and their numpy views), used in turn: under asynchronous
         # scheduling a replay's inputs are staged while the previous replay's copy may still be queued.
         self._host: list[tuple[torch.Tensor, dict[str, np.ndarray]]] = []
@@ -82,6 +83,7 @@ class ModelRunner:
         st["query_start"] = torch.arange(top + 1, dtype=torch.int32, device=self.device)
         st["seq_lens"].fill_(1)
         self._rows = np.arange(top, dtype=np.int64)
+        self._table_start = st["block_table"].data_ptr() - flat.data_ptr()
         st["source"].copy_(torch.from_numpy(self._rows))
         for b in reversed(buckets):
             metadata = self.backend.build_metadata(AttentionMetadata(
@@ -114,8 +116,7 @@ class ModelRunner:
         if bucket is None:
             return None
         st = self._static
-        top, width = st["block_table"].shape
-        num_prev = st["prev"].shape[0]
+        top = st["block_table"].shape[0]
         # This buffer was last copied from two replays ago: the host has read that step's sampled tokens since, so
         # the device is past that copy.
         host, view = self._host[self._turn]
@@ -138,10 +139,10 @@ class ModelRunner:
             pos[i], seq_lens[i] = start, start + 1
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
-        used = 8 * (4 * top + num_prev) + 4 * (top + bucket * width)  # the int64 part, seq lens, the table's rows
+        used = self._table_start + table.nbytes  # all but the table rows past the bucket
         st["flat"][:used].copy_(host[:used], non_blocking=True)
         if prev_tokens is not None:  # a placeholder names a sequence's row; rows past max_num_seqs are padding
-            rows = min(prev_tokens.shape[0], num_prev)
+            rows = min(prev_tokens.shape[0], st["prev"].shape[0])
             st["prev"][:rows].copy_(prev_tokens[:rows])
         return self._graphs[bucket]()[:n]
 
