@@ -12,6 +12,7 @@ Timings are triton.testing.do_bench medians.
 
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
+    python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
 """
 
 from __future__ import annotations
@@ -398,16 +399,65 @@ def sweep(device: str) -> None:
             del q, cache, md, hnd
 
 
+def captured(device: str) -> None:
+    """Decode attention as a CUDA graph runs it: the runner captures each batch bucket with the segment count of
+    the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
+    Times that count against the one fitted to the actual context, in the same run (graph replays, cold L2)."""
+    from unifer.kernels.triton.configs import attention_launch, choose_num_segments
+    from unifer.kernels.triton.util import current_configs
+
+    att = module("attention")
+    cfg = current_configs(torch.device(device)).attention
+    tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    lengths = (2048, 32768)
+    print("\ndecode attention at the segment count a graph captured for max_model_len runs (ms, graph replays,")
+    print("cold L2), against the count fitted to the context; ratio > 1: the captured count is slower")
+    print(f"{'batch':>5}{'ctx':>7}{'fitted':>13}" + "".join(f"{'@ ' + str(m):>21}" for m in lengths))
+    for batch in (1, 2, 4, 8):
+        for ctx in (256, 1024, 4096):
+            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
+            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
+            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+
+            def seg(length, batch=batch):
+                return choose_num_segments(batch, length, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
+
+            def timed(s, q=q, md=md, caches=caches, n=n):
+                return bench_graph(lambda: [att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s)
+                                            for c in caches]) / n
+
+            def run(s, q=q, md=md, c=cache):
+                return att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s).float()
+
+            for m in lengths:  # the outputs agree, so a broken merge of empty segments cannot pass as fast
+                err = (run(seg(m)) - run(seg(ctx))).abs().max().item()
+                assert err < 2e-2, f"batch {batch} ctx {ctx}: {seg(m)} segments differ from {seg(ctx)} by {err}"
+            fitted = timed(seg(ctx))
+            cells = ""
+            for m in lengths:
+                t = timed(seg(m))
+                cells += f"{seg(m):>5} seg {t:.4f} {t / fitted:>4.2f}"
+            print(f"{batch:>5}{ctx:>7}{seg(ctx):>3} seg {fitted:.4f}{cells}")
+            del caches
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
     parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
+    parser.add_argument("--captured", action="store_true",
+                        help="time decode at the segment count a graph captured for a long max_model_len runs only")
     parser.add_argument(
         "--device",
         default="cuda",
         help="cuda (default); cpu runs a tiny check under TRITON_INTERPRET=1 (a dry run of this script)",
     )
     args = parser.parse_args()
+    if args.captured:  # checks its own outputs: it also runs an older core, for A/B (gpu_session.sh attention-ab)
+        captured(args.device)
+        return 0
     small = args.device == "cpu"
     if small:
         _interpreter_compat()

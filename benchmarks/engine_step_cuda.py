@@ -2,7 +2,9 @@
 and per graph replay, against the roofline (weight bytes / copy bandwidth measured in the same run). Llama-3.2-1B
 shape, bf16, random weights; best of ``--rounds`` rounds of 256 steps.
 
-    python benchmarks/engine_step_cuda.py [--rounds 3]
+    python benchmarks/engine_step_cuda.py [--rounds 3] [--max-model-len 2048]
+
+``--max-model-len`` sets the context the decode graphs are captured for, and so their split-KV segment count.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, wei
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-model-len", type=int, default=2048)
     args = ap.parse_args()
     import unifer
     from unifer import LLM
 
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
-    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, max_num_seqs=1)
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=args.max_model_len,
+              max_num_seqs=1)
     roofline = weight_bytes(llm) / copy_bandwidth() * 1e3
     rounds = [decode_ms_per_token(llm) for _ in range(args.rounds)]
     step = min(s for s, _ in rounds)
     replay = min(r for _, r in rounds)
-    print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}")
+    print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}; "
+          f"max_model_len {args.max_model_len}")
     print(f"batch-1 decode: roofline {roofline:.3f} ms; engine step {step:.4f} ms ({roofline / step:.1%}), graph "
           f"replay {replay:.4f} ms ({roofline / replay:.1%}); step - replay {1e3 * (step - replay):.1f} us; rounds "
           + ", ".join(f"{s:.4f}" for s, _ in rounds))

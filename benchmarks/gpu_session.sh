@@ -3,9 +3,11 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl step step-ab
-#   warmup attention model conformance serve; none given: all but sweep, profile, prefetch and step-ab
-#   step-ab: the batch-1 engine step of core at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against
-#   this tree's, alternately, twice each
+#   attention-ab warmup attention model conformance serve; none given: all but sweep, profile, prefetch, step-ab
+#   and attention-ab
+#   step-ab, attention-ab: the batch-1 engine step (at each of STEP_MAX_MODEL_LENS, default 2048), and decode
+#   attention at a long graph's split-KV segment count (attention_cuda.py --captured), of core at AB_BASE
+#   (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -44,15 +46,25 @@ fi
 if want step; then
   python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/engine-step.txt"
 fi
-if want step-ab; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-base .whl-base/*.whl
+# Runs "$@" with core at AB_BASE and with this tree's, alternately, twice each.
+alternate() {
+  [ -d /tmp/site-base ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site-base .whl-base/*.whl
   for round in 1 2; do
     for side in base this; do
       echo "== $side (round $round)"
       path=$PYTHONPATH; [ $side = base ] && path="/tmp/site-base:$PYTHONPATH"
-      PYTHONPATH=$path python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model"
+      PYTHONPATH=$path "$@" 2>&1 | grep -v "Loading weights\|Writing model"
     done
+  done
+}
+if want step-ab; then
+  for len in ${STEP_MAX_MODEL_LENS:-2048}; do
+    alternate python3 benchmarks/engine_step_cuda.py --max-model-len "$len"
   done | tee "$out/engine-step-ab.txt"
+fi
+if want attention-ab; then
+  alternate python3 benchmarks/attention_cuda.py --captured | tee "$out/attention-ab.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
