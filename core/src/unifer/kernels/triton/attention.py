@@ -114,6 +114,9 @@ def _unified_attention_kernel(
     row_mask = (query_pos < query_len) & (offs_m < BLOCK_Q * GROUP)
     tok = (q_start + query_pos).to(tl.int64)
 
+    q_offs = tok[:, None] * q_stride0 + head[:, None] * q_stride1 + offs_d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+
     seq_len = tl.load(seq_lens_ptr + seq_idx)
     context_len = seq_len - query_len
     q_abs = context_len + query_pos  # absolute position of each row's token
@@ -129,15 +132,6 @@ def _unified_attention_kernel(
         per_segment = tl.cdiv(tile_end - tile_begin, NUM_SEGMENTS)
         tile_begin = tile_begin + segment * per_segment
         tile_end = tl.minimum(tile_begin + per_segment, tile_end)
-        seg = (tok * num_heads + head) * NUM_SEGMENTS + segment
-        if tile_begin >= tile_end:
-            # A graph captured for the longest context runs most segments empty at short ones: such a program
-            # only marks its partials absent, which the merge skips without reading them.
-            tl.store(segm_max_ptr + seg, tl.full([BLOCK_M], float("-inf"), ACC), mask=row_mask)
-            return
-
-    q_offs = tok[:, None] * q_stride0 + head[:, None] * q_stride1 + offs_d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
@@ -176,9 +170,13 @@ def _unified_attention_kernel(
         o_offs = tok[:, None] * o_stride0 + head[:, None] * o_stride1 + offs_d[None, :]
         tl.store(out_ptr + o_offs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
     else:
-        tl.store(segm_out_ptr + seg[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_mask[:, None])
+        # A row that saw no key writes only its max (-inf), and the merge skips its other partials unread. A graph
+        # captured for the longest context runs most segments empty at short ones, so this saves their stores.
+        seg = (tok * num_heads + head) * NUM_SEGMENTS + segment
+        seen = row_mask & (m_i != float("-inf"))
+        tl.store(segm_out_ptr + seg[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=seen[:, None])
         tl.store(segm_max_ptr + seg, m_i, mask=row_mask)
-        tl.store(segm_sum_ptr + seg, l_i, mask=row_mask)
+        tl.store(segm_sum_ptr + seg, l_i, mask=seen)
 
 
 @triton.jit(do_not_specialize=["num_seqs"])
@@ -206,7 +204,7 @@ def _reduce_segments_kernel(
     offs_d = tl.arange(0, HEAD_PAD)
     base = (tok.to(tl.int64) * num_heads + head) * NUM_SEGMENTS
     m = tl.load(segm_max_ptr + base + offs_s)
-    live = m != float("-inf")  # empty segments wrote only their max
+    live = m != float("-inf")  # rows of a segment that saw no key wrote only their max
     s = tl.load(segm_sum_ptr + base + offs_s, mask=live, other=0.0)
     m_all = tl.max(m, axis=0)
     w = tl.where(live, tl.exp2(m - m_all), 0.0)
