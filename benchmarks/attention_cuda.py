@@ -455,7 +455,7 @@ def main() -> int:
         help="cuda (default); cpu runs a tiny check under TRITON_INTERPRET=1 (a dry run of this script)",
     )
     args = parser.parse_args()
-    if args.captured:  # checks its own outputs: it also runs an older core, for A/B (gpu_session.sh attention-ab)
+    if args.captured:  # checks its own outputs
         captured(args.device)
         return 0
     small = args.device == "cpu"

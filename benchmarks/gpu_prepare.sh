@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build what benchmarks/gpu_session.sh needs on the offline GPU host: wheels of this workspace and of the
 # packages that host lacks (.whl), and the FlashInfer bundle (.fi). Both folders stay out of git.
-# AB_BASE=<git revision>: also a wheel of core at that revision (.whl-base), for gpu_session.sh's step-ab and attention-ab stages.
+# AB_BASE=<git revision>: also a wheel of core at that revision (.whl-base), for gpu_session.sh's step-ab stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .whl/.deps ] || { bash ../shared/tools/gpu-wheelhouse.sh .whl hypothesis sortedcontainers attrs && touch .whl/.deps; }

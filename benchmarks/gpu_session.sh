@@ -2,12 +2,11 @@
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
-#   stages, run in this order whatever the order given: check sweep profile prefetch fusion pdl step step-ab
-#   attention-ab warmup attention model conformance serve; none given: all but sweep, profile, prefetch, step-ab
-#   and attention-ab
-#   step-ab, attention-ab: the batch-1 engine step (at each of STEP_MAX_MODEL_LENS, default 2048), and decode
-#   attention at a long graph's split-KV segment count (attention_cuda.py --captured), of core at AB_BASE
-#   (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
+#   stages, run in this order whatever the order given: check sweep captured profile prefetch fusion pdl step
+#   step-ab warmup attention model conformance serve; none given: all but sweep, captured, profile, prefetch and
+#   step-ab
+#   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
+#   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -31,6 +30,9 @@ fi
 if want sweep; then
   python3 benchmarks/attention_cuda.py --sweep 2>&1 | grep -v flashinfer | tee "$out/sweep.txt"
 fi
+if want captured; then
+  python3 benchmarks/attention_cuda.py --captured 2>&1 | tee "$out/captured.txt"
+fi
 if want profile; then
   python3 benchmarks/decode_profile_cuda.py 2>&1 | tee "$out/decode-profile.txt"
 fi
@@ -48,8 +50,8 @@ if want step; then
 fi
 # Runs "$@" with core at AB_BASE and with this tree's, alternately, twice each.
 alternate() {
-  [ -d /tmp/site-base ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --target /tmp/site-base .whl-base/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-base .whl-base/*.whl \
+    2>&1 | grep -v "already exists"
   for round in 1 2; do
     for side in base this; do
       echo "== $side (round $round)"
@@ -62,9 +64,6 @@ if want step-ab; then
   for len in ${STEP_MAX_MODEL_LENS:-2048}; do
     alternate python3 benchmarks/engine_step_cuda.py --max-model-len "$len"
   done | tee "$out/engine-step-ab.txt"
-fi
-if want attention-ab; then
-  alternate python3 benchmarks/attention_cuda.py --captured | tee "$out/attention-ab.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"

@@ -170,13 +170,10 @@ def _unified_attention_kernel(
         o_offs = tok[:, None] * o_stride0 + head[:, None] * o_stride1 + offs_d[None, :]
         tl.store(out_ptr + o_offs, o.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
     else:
-        # A row that saw no key writes only its max (-inf), and the merge skips its other partials unread. A graph
-        # captured for the longest context runs most segments empty at short ones, so this saves their stores.
         seg = (tok * num_heads + head) * NUM_SEGMENTS + segment
-        seen = row_mask & (m_i != float("-inf"))
-        tl.store(segm_out_ptr + seg[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=seen[:, None])
+        tl.store(segm_out_ptr + seg[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_mask[:, None])
         tl.store(segm_max_ptr + seg, m_i, mask=row_mask)
-        tl.store(segm_sum_ptr + seg, l_i, mask=seen)
+        tl.store(segm_sum_ptr + seg, l_i, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["num_seqs"])
@@ -204,12 +201,11 @@ def _reduce_segments_kernel(
     offs_d = tl.arange(0, HEAD_PAD)
     base = (tok.to(tl.int64) * num_heads + head) * NUM_SEGMENTS
     m = tl.load(segm_max_ptr + base + offs_s)
-    live = m != float("-inf")  # rows of a segment that saw no key wrote only their max
-    s = tl.load(segm_sum_ptr + base + offs_s, mask=live, other=0.0)
+    s = tl.load(segm_sum_ptr + base + offs_s)
     m_all = tl.max(m, axis=0)
-    w = tl.where(live, tl.exp2(m - m_all), 0.0)
+    w = tl.where(m > float("-inf"), tl.exp2(m - m_all), 0.0)
     denom = tl.sum(s * w, axis=0)
-    acc = tl.load(segm_out_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :], mask=live[:, None], other=0.0)
+    acc = tl.load(segm_out_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :])
     o = tl.sum(acc * w[:, None], axis=0) / denom
     o_offs = tok.to(tl.int64) * o_stride0 + head * o_stride1 + offs_d
     tl.store(out_ptr + o_offs, o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
