@@ -154,8 +154,11 @@ class ModelRunner:
         if prev_tokens is not None:  # a placeholder names a sequence's row; rows past max_num_seqs are padding
             rows = min(prev_tokens.shape[0], st["prev"].shape[0])
             st["prev"][:rows].copy_(prev_tokens[:rows])
-        replay = next(replay for length, replay in self._graphs[bucket] if length >= longest)
-        return replay()[:n]
+        return self.decode_replay(bucket, longest)()[:n]
+
+    def decode_replay(self, bucket: int, longest: int):
+        """The replay of the shortest decode graph of ``bucket`` whose context covers ``longest`` positions."""
+        return next(replay for length, replay in self._graphs[bucket] if length >= longest)
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)
