@@ -48,21 +48,17 @@ fi
 if want step; then
   python3 benchmarks/engine_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/engine-step.txt"
 fi
-# Runs "$@" with core at AB_BASE and with this tree's, alternately, twice each.
-alternate() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-base .whl-base/*.whl \
-    2>&1 | grep -v "already exists"
-  for round in 1 2; do
-    for side in base this; do
-      echo "== $side (round $round)"
-      path=$PYTHONPATH; [ $side = base ] && path="/tmp/site-base:$PYTHONPATH"
-      PYTHONPATH=$path "$@" 2>&1 | grep -v "Loading weights\|Writing model"
-    done
-  done
-}
 if want step-ab; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-base .whl-base/*.whl
   for len in ${STEP_MAX_MODEL_LENS:-2048}; do
-    alternate python3 benchmarks/engine_step_cuda.py --max-model-len "$len"
+    for round in 1 2; do
+      for side in base this; do
+        echo "== $side (round $round)"
+        path=$PYTHONPATH; [ $side = base ] && path="/tmp/site-base:$PYTHONPATH"
+        PYTHONPATH=$path python3 benchmarks/engine_step_cuda.py --max-model-len "$len" 2>&1 \
+          | grep -v "Loading weights\|Writing model"
+      done
+    done
   done | tee "$out/engine-step-ab.txt"
 fi
 if want warmup; then
