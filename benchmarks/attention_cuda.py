@@ -421,9 +421,6 @@ def captured(device: str) -> None:
             n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
             caches = [cache] + [cache.clone() for _ in range(n - 1)]
 
-            def seg(length, batch=batch):
-                return choose_num_segments(batch, length, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
-
             def timed(s, q=q, md=md, caches=caches, n=n):
                 return bench_graph(lambda: [att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s)
                                             for c in caches]) / n
@@ -431,15 +428,18 @@ def captured(device: str) -> None:
             def run(s, q=q, md=md, c=cache):
                 return att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s).float()
 
-            for m in lengths:  # the outputs agree, so a broken merge of empty segments cannot pass as fast
-                err = (run(seg(m)) - run(seg(ctx))).abs().max().item()
-                assert err < 2e-2, f"batch {batch} ctx {ctx}: {seg(m)} segments differ from {seg(ctx)} by {err}"
-            fitted = timed(seg(ctx))
+            fit, *counts = (choose_num_segments(batch, length, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
+                            for length in (ctx, *lengths))
+            want = run(fit)
+            for s in counts:  # every count gives the same output before any is timed
+                err = (run(s) - want).abs().max().item()
+                assert err < 2e-2, f"batch {batch} ctx {ctx}: {s} segments differ from {fit} by {err}"
+            fitted = timed(fit)
             cells = ""
-            for m in lengths:
-                t = timed(seg(m))
-                cells += f"{seg(m):>5} seg {t:.4f} {t / fitted:>4.2f}"
-            print(f"{batch:>5}{ctx:>7}{seg(ctx):>3} seg {fitted:.4f}{cells}")
+            for s in counts:
+                t = timed(s)
+                cells += f"{s:>5} seg {t:.4f} {t / fitted:>4.2f}"
+            print(f"{batch:>5}{ctx:>7}{fit:>3} seg {fitted:.4f}{cells}")
             del caches
 
 
