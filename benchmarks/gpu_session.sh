@@ -2,9 +2,10 @@
 # One device-machine call: install the carried wheels, then conformance (with --perf) and every CUDA benchmark.
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
-#   stages, run in this order whatever the order given: check sweep captured profile prefetch fusion pdl step
-#   step-ab warmup attention model conformance serve; none given: all but sweep, captured, profile, prefetch and
-#   step-ab
+#   stages, run in this order whatever the order given: check sweep captured profile graphs prefetch fusion pdl
+#   step step-ab warmup attention model conformance serve; none given: all but sweep, captured, profile, graphs,
+#   prefetch and step-ab
+#   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
 set -uo pipefail
@@ -34,7 +35,13 @@ if want captured; then
   python3 benchmarks/attention_cuda.py --captured 2>&1 | tee "$out/captured.txt"
 fi
 if want profile; then
-  python3 benchmarks/decode_profile_cuda.py 2>&1 | tee "$out/decode-profile.txt"
+  for len in ${PROFILE_MAX_MODEL_LENS:-2048}; do
+    echo "== max_model_len $len"
+    python3 benchmarks/decode_profile_cuda.py --max-model-len "$len" 2>&1 | grep -v "Loading weights\|Writing model"
+  done | tee "$out/decode-profile.txt"
+fi
+if want graphs; then
+  python3 benchmarks/graph_contexts_cuda.py 2>&1 | tee "$out/graph-contexts.txt"
 fi
 if want prefetch; then
   python3 benchmarks/l2_prefetch_cuda.py 2>&1 | grep -v "Loading weights" | tee "$out/l2-prefetch.txt"
