@@ -4,12 +4,14 @@ process, twice, alternating; Llama-3.2-1B shape, bf16, random weights, contexts 
 
     python benchmarks/graph_contexts_cuda.py [--variants 2048/single,131072/floor,...]
 
-Variants, ``max_model_len/how``:
+Variants, ``max_model_len/how[/max_num_seqs]`` (max_num_seqs default 1, so the batch-1 bucket is the only one):
 - ``single``: one graph per bucket, at max_model_len (contract 1.3's runner);
 - ``floor``: the CUDA backend's listed contexts (this tree);
 - ``nofloor``: listed contexts with ``graph_min_seq_len`` 0 (short contexts unsplit);
 - ``same3``: three graphs of the batch-1 bucket, all launching the count of 2048 positions;
-- ``single16``: one graph per bucket, at most 16 segments.
+- ``single16``: one graph per bucket, at most 16 segments;
+and modifiers after a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic
+dependent launch).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pathlib import Path
 VARIANTS = "2048/single,2048/same3,2048/nofloor,131072/single,131072/single16,131072/floor"
 
 
-def patch(how: str) -> None:
+def patch(variant: str) -> None:
     import unifer.kernels.triton.attention as attention
     import unifer.kernels.triton.graphs as graphs
     from unifer_cuda.backend import CUDABackend
 
+    how, *modifiers = variant.split("+")
     choose, split = attention.choose_num_segments, graphs.split_contexts
     if how in ("single", "single16"):
         CUDABackend.decode_graph_contexts = lambda self, **kw: [kw["max_model_len"]]
@@ -39,6 +42,20 @@ def patch(how: str) -> None:
     if how == "same3":
         CUDABackend.decode_graph_contexts = lambda self, **kw: [512, 1024, kw["max_model_len"]]
         attention.choose_num_segments = lambda n, length, cfg, **kw: choose(n, max(length, 2048), cfg, **kw)
+    if "pools" in modifiers:
+        from unifer_cuda.graphs import CUDAGraphRunner
+
+        capture = CUDAGraphRunner.capture
+
+        def own_pool(self, fn):
+            self._pool = None
+            return capture(self, fn)
+
+        CUDAGraphRunner.capture = own_pool
+    if "nopdl" in modifiers:
+        from dependent_launch_cuda import set_dependent_launch
+
+        set_dependent_launch(False)
 
 
 def one(variant: str) -> None:
@@ -46,10 +63,11 @@ def one(variant: str) -> None:
     from model_cuda import decode_ms_per_token, make_checkpoint
     from unifer import LLM
 
-    length, how = variant.split("/")
+    length, how, seqs = (variant + "/1").split("/")[:3]
     patch(how)
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
-    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=int(length), max_num_seqs=1)
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=int(length),
+              max_num_seqs=int(seqs))
     listed = [c for c, _ in llm.engine.runner._graphs[1]]
     rounds = [decode_ms_per_token(llm) for _ in range(3)]
     print(f"{variant:<18} graphs of bucket 1 at {listed}: engine step {min(s for s, _ in rounds):.4f} ms, replay "
