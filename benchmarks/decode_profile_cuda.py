@@ -1,7 +1,7 @@
 """Where a batch-1 decode step's GPU time goes: torch.profiler over replays of the captured decode graph
 (Llama-3.2-1B shape, bf16, random weights), kernels grouped by name, against the weight-bytes roofline.
 
-    python benchmarks/decode_profile_cuda.py [--context 256] [--replays 50]
+    python benchmarks/decode_profile_cuda.py [--replays 50] [--max-model-len 2048] [--max-num-seqs N]
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replays", type=int, default=50)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
     from unifer import LLM
 
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
-    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=args.max_model_len)
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=args.max_model_len,
+              **({"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}))
     bw = copy_bandwidth()
     roofline = weight_bytes(llm) / bw * 1e3
     step_ms, replay_ms = decode_ms_per_token(llm, steps=64)

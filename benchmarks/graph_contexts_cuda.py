@@ -11,7 +11,7 @@ Variants, ``max_model_len/how[/max_num_seqs]`` (max_num_seqs default 1, so the b
 - ``same3``: three graphs of the batch-1 bucket, all launching the count of 2048 positions;
 - ``single16``: one graph per bucket, at most 16 segments;
 and modifiers after a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic
-dependent launch).
+dependent launch), ``asc`` (buckets captured smallest first).
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def patch(variant: str) -> None:
             return capture(self, fn)
 
         CUDAGraphRunner.capture = own_pool
+    if "asc" in modifiers:
+        import unifer.engine.runner as runner
+
+        runner.reversed = iter  # capture_decode_graphs walks the buckets with reversed()
     if "nopdl" in modifiers:
         from dependent_launch_cuda import set_dependent_launch
 
