@@ -11,7 +11,8 @@ Variants, ``max_model_len/how[/max_num_seqs]`` (max_num_seqs default 1, so the b
 - ``same3``: three graphs of the batch-1 bucket, all launching the count of 2048 positions;
 - ``single16``: one graph per bucket, at most 16 segments;
 and modifiers after a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic
-dependent launch), ``asc`` (buckets captured smallest first).
+dependent launch), ``asc`` (buckets captured smallest first), ``tinyfirst`` / ``tinyafter`` (a one-kernel graph
+in its own pool captured before the first decode graph / after each).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ VARIANTS = "2048/single,2048/same3,2048/nofloor,131072/single,131072/single16,13
 
 
 def patch(variant: str) -> None:
+    import torch
     import unifer.kernels.triton.attention as attention
     import unifer.kernels.triton.graphs as graphs
     from unifer_cuda.backend import CUDABackend
@@ -52,6 +54,29 @@ def patch(variant: str) -> None:
             return capture(self, fn)
 
         CUDAGraphRunner.capture = own_pool
+    if "tinyfirst" in modifiers or "tinyafter" in modifiers:
+        from unifer_cuda.graphs import CUDAGraphRunner
+
+        real = CUDAGraphRunner.capture
+        tiny = []
+
+        def capture_tiny():
+            x = torch.zeros(1024, device="cuda")
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                x.add_(1)
+            tiny.append((g, x))
+            g.replay()
+
+        def with_tiny(self, fn):
+            if "tinyfirst" in modifiers and not tiny:
+                capture_tiny()
+            replay = real(self, fn)
+            if "tinyafter" in modifiers:
+                capture_tiny()
+            return replay
+
+        CUDAGraphRunner.capture = with_tiny
     if "asc" in modifiers:
         import unifer.engine.runner as runner
 
