@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from model_cuda import copy_bandwidth, decode_ms_per_token, last_batch1_replay, make_checkpoint, weight_bytes
+from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     bw = copy_bandwidth()
     roofline = weight_bytes(llm) / bw * 1e3
     step_ms, replay_ms = decode_ms_per_token(llm, steps=64)
-    replay = last_batch1_replay(llm.engine.runner)
+    replay = llm.engine.runner._graphs[1]
     for _ in range(5):
         replay()
     torch.cuda.synchronize()

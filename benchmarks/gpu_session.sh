@@ -41,7 +41,7 @@ if want profile; then
   done | tee "$out/decode-profile.txt"
 fi
 if want graphs; then
-  python3 benchmarks/graph_contexts_cuda.py 2>&1 | tee "$out/graph-contexts.txt"
+  python3 benchmarks/graph_capture_cuda.py 2>&1 | tee "$out/graph-capture.txt"
 fi
 if want prefetch; then
   python3 benchmarks/l2_prefetch_cuda.py 2>&1 | grep -v "Loading weights" | tee "$out/l2-prefetch.txt"

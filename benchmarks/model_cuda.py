@@ -96,16 +96,9 @@ def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None) -> tu
     if runner.graph_buckets:
         import triton.testing
 
-        replay = last_batch1_replay(runner)
+        replay = runner._graphs[1]
         replay_ms = triton.testing.do_bench(replay, warmup=20, rep=200, return_mode="median")
     return step_ms, replay_ms
-
-
-def last_batch1_replay(runner):
-    """The batch-1 decode graph that the runner's last step replayed. A core before contract 1.4 (as step-ab may
-    time) holds one graph per bucket."""
-    graphs = runner._graphs[1]
-    return graphs if callable(graphs) else runner.decode_replay(1, int(runner._static["seq_lens"][0]))
 
 
 def single_decode_step(llm, context: int = 256):

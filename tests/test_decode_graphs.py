@@ -55,35 +55,3 @@ def test_enforce_eager_never_captures(checkpoint_factory, monkeypatch):
     llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, enforce_eager=True)
     llm.generate([{"prompt_token_ids": [5, 6, 7]}], PARAMS, use_tqdm=False)
     assert llm.engine.runner.graph_buckets == [] and runner.replays == 0
-
-
-def test_replay_takes_the_shortest_graph_covering_the_longest_sequence(checkpoint_factory, monkeypatch):
-    """A backend listing several contexts gets a graph per context and bucket; each replay runs the shortest
-    graph whose context covers the batch's longest sequence, and the tokens stay transformers'."""
-    folder = checkpoint_factory("LlamaForCausalLM")
-    used = []  # (the replayed graph's context, the longest sequence it ran)
-
-    class ContextRecorder(RecordingGraphRunner):
-        def capture(self, fn):
-            metadata = fn.args[-1]  # the runner captures partial(_decode_logits, bucket, metadata)
-            replay = super().capture(fn)
-
-            def recorded():
-                used.append((metadata.max_seq_len, int(metadata.seq_lens.max())))
-                return replay()
-
-            return recorded
-
-    listed = [20, 40, 60]
-    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: ContextRecorder())
-    monkeypatch.setattr(CPUBackend, "decode_graph_contexts", lambda self, **kw: listed + [10**6])
-    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, max_model_len=128)
-    graphs = llm.engine.runner._graphs
-    assert {b: [c for c, _ in g] for b, g in graphs.items()} == {b: [20, 40, 60, 128] for b in (1, 2, 4)}
-    prompts = _prompts(seed=9)
-    for prompt in prompts:  # one at a time, so the longest sequence is short for the short prompts
-        outputs = llm.generate([{"prompt_token_ids": prompt}], PARAMS, use_tqdm=False)
-        _assert_matches_hf(outputs, hf_greedy(folder, [prompt], PARAMS.max_tokens))
-    contexts = listed + [128]
-    assert all(context == min(c for c in contexts if c >= longest) for context, longest in used)
-    assert {context for context, _ in used} == set(contexts)

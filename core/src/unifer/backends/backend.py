@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.4"
+API_VERSION = "1.3"
 
 
 class Unsupported(Exception):
@@ -221,19 +221,8 @@ class Backend:
 
         It has one method, ``capture(fn) -> replay``: ``fn`` runs the model on static input buffers and returns
         its output tensor; ``replay()`` re-runs the captured work on whatever the buffers hold now and returns
-        the same output tensor. The runner captures one per decode batch bucket and listed context
-        (``decode_graph_contexts``), and pads batches to the buckets."""
+        the same output tensor. The runner captures one per decode batch bucket and pads batches to them."""
         return None
-
-    def decode_graph_contexts(self, *, num_seqs: int, max_model_len: int, num_heads: int, num_kv_heads: int,
-                              head_dim: int) -> list[int]:
-        """Longest contexts that the runner captures decode graphs of ``num_seqs`` sequences for, one graph each
-        (``max_model_len`` is always one); a step replays the shortest that covers its longest sequence.
-
-        A backend whose kernels pick their launch from ``AttentionMetadata.max_seq_len`` (such as a split-KV
-        segment count) lists each context up to which that launch is the same, so a short context does not run the
-        launch of the longest. Default: ``[max_model_len]``, one graph per bucket."""
-        return [max_model_len]
 
     def communicator(self):
         """The tensor-parallel communicator (a ``unifer.backends.comm.Communicator``), or None."""

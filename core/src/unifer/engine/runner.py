@@ -45,8 +45,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        # batch bucket -> (longest context, replay callable returning float32 logits), by ascending context
-        self._graphs: dict[int, list[tuple[int, object]]] = {}
+        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
         self._rows = np.zeros(0, dtype=np.int64)  # 0 .. top - 1: every row's own host id, as its default source
         self._table_start = 0  # byte offset of the block table in the flat input buffer
@@ -62,11 +61,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def capture_decode_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture decode steps per batch bucket, largest first so smaller ones reuse its memory pool.
+        """Capture one decode step per batch bucket, largest first so smaller ones reuse its memory pool.
 
-        A bucket gets one graph per context the backend lists (``Backend.decode_graph_contexts``; always
-        ``max_model_len``), its metadata claiming that context as the longest, so kernels that choose their launch
-        from it (split-KV) pick one valid for any context up to it; a replay runs the shortest that covers."""
+        Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
+        launch from it (split-KV) pick a launch valid for any context the replay will see."""
         buckets = decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
@@ -87,18 +85,12 @@ class ModelRunner:
         self._rows = np.arange(top, dtype=np.int64)
         self._table_start = st["block_table"].data_ptr() - flat.data_ptr()
         st["source"].copy_(torch.from_numpy(self._rows))
-        spec = self.model.spec
         for b in reversed(buckets):
-            listed = self.backend.decode_graph_contexts(num_seqs=b, max_model_len=max_model_len, num_heads=spec.heads,
-                                                        num_kv_heads=spec.kv_heads, head_dim=spec.head_dim)
-            graphs = []
-            for length in sorted({min(c, max_model_len) for c in listed if c > 0} | {max_model_len}, reverse=True):
-                metadata = self.backend.build_metadata(AttentionMetadata(
-                    query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
-                    block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
-                    max_seq_len=length))
-                graphs.append((length, graph_runner.capture(functools.partial(self._decode_logits, b, metadata))))
-            self._graphs[b] = graphs[::-1]
+            metadata = self.backend.build_metadata(AttentionMetadata(
+                query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
+                block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
+                max_seq_len=max_model_len))
+            self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
 
     @staticmethod
     def _views(flat: torch.Tensor, top: int, prev: int, max_blocks: int) -> dict[str, torch.Tensor]:
@@ -138,7 +130,6 @@ class ModelRunner:
         table = view["block_table"][:bucket]
         table.fill(0)
         bs = self.block_size
-        longest = 0
         for i, (tokens, start, _, blocks, _) in enumerate(batch):
             token = tokens[start]
             if token < 0:  # placeholder -(j + 1): row j of prev_tokens, copied into the "prev" rows below
@@ -146,7 +137,6 @@ class ModelRunner:
             else:
                 ids[i] = token
             pos[i], seq_lens[i] = start, start + 1
-            longest = max(longest, start + 1)
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
         used = self._table_start + table.nbytes  # all but the table rows past the bucket
@@ -154,11 +144,7 @@ class ModelRunner:
         if prev_tokens is not None:  # a placeholder names a sequence's row; rows past max_num_seqs are padding
             rows = min(prev_tokens.shape[0], st["prev"].shape[0])
             st["prev"][:rows].copy_(prev_tokens[:rows])
-        return self.decode_replay(bucket, longest)()[:n]
-
-    def decode_replay(self, bucket: int, longest: int):
-        """The replay of the shortest decode graph of ``bucket`` whose context covers ``longest`` positions."""
-        return next(replay for length, replay in self._graphs[bucket] if length >= longest)
+        return self._graphs[bucket]()[:n]
 
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)

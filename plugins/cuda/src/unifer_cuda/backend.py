@@ -13,7 +13,7 @@ class CUDABackend(Backend):
     name = "cuda"
     device_type = "cuda"
     priority = 100
-    api_version = "1.4"
+    api_version = "1.3"
     version = "0.1.0"
     capabilities = Capabilities(
         dtypes=("bfloat16", "float16", "float32"),
@@ -89,13 +89,6 @@ class CUDABackend(Backend):
 
     def step_event(self):
         return torch.cuda.Event()
-
-    def decode_graph_contexts(self, *, num_seqs: int, max_model_len: int, num_heads: int, num_kv_heads: int,
-                              head_dim: int) -> list[int]:
-        from unifer.kernels.triton.graphs import decode_graph_contexts
-
-        return decode_graph_contexts(self.device(), num_seqs=num_seqs, max_model_len=max_model_len,
-                                     num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
 
     def warm_up(self, *, runner, sampler, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
                 block_size: int) -> None:

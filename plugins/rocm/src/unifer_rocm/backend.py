@@ -23,7 +23,7 @@ class ROCmBackend(Backend):
     name = "rocm"
     device_type = "cuda"
     priority = 100
-    api_version = "1.4"
+    api_version = "1.3"
     version = "0.1.0"
 
     def __init__(self) -> None:
@@ -149,13 +149,6 @@ class ROCmBackend(Backend):
     def step_event(self):
         # ROCm builds of torch serve HIP events through the torch.cuda namespace.
         return None if self.interpret_arch is not None else torch.cuda.Event()
-
-    def decode_graph_contexts(self, *, num_seqs: int, max_model_len: int, num_heads: int, num_kv_heads: int,
-                              head_dim: int) -> list[int]:
-        from unifer.kernels.triton.graphs import decode_graph_contexts
-
-        return decode_graph_contexts(self.device(), num_seqs=num_seqs, max_model_len=max_model_len,
-                                     num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
 
     def warm_up(self, *, runner, sampler, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
                 block_size: int) -> None:

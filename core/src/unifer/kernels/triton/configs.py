@@ -33,9 +33,6 @@ class AttentionConfig:
     # tile each) that give about this many programs over all sequences and KV heads: enough loads in flight to
     # saturate memory without paying the merge for many near-empty segments.
     split_target_programs: int = 0
-    # Decode graphs (``graphs.split_contexts``) launch at least the segment count of this many positions, even for
-    # shorter contexts: at batch 1 on an H200 the engine step ran 16 segments faster than an unsplit graph there.
-    graph_min_seq_len: int = 2048
     reduce_num_warps: int = 4
 
 

@@ -1,0 +1,125 @@
+"""Batch-1 engine step against how the decode graphs are captured: how many graphs the process holds, their memory
+pools and capture order, the split-KV segment count, programmatic dependent launch. Each variant runs in its own
+process, twice, alternating; Llama-3.2-1B shape, bf16, random weights, contexts of 133-388 positions.
+
+    python benchmarks/graph_capture_cuda.py [--variants 2048/plain,2048/plain/8,...]
+
+Variants, ``max_model_len/how[/max_num_seqs]`` (max_num_seqs default 1: the batch-1 bucket's graph is the only
+one), how being ``plain`` (as the engine captures) or ``seg16`` (at most 16 split-KV segments), with modifiers after
+a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic dependent launch), ``asc``
+(buckets captured smallest first), ``tinyfirst`` / ``tinyafter`` (a one-kernel graph in its own pool, captured
+before the first decode graph / after each), ``tinydel`` (``tinyafter``, each tiny graph destroyed once replayed),
+``streams`` (each graph replayed on a stream of its own, ordered with the current one by events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = ("2048/plain,2048/plain/8,2048/plain+tinyafter,2048/plain+nopdl,2048/plain+nopdl/8,131072/plain,"
+            "131072/seg16")
+
+
+def patch(variant: str) -> None:
+    import torch
+    import unifer.kernels.triton.attention as attention
+    from unifer_cuda.graphs import CUDAGraphRunner
+
+    how, *modifiers = variant.split("+")
+    if how == "seg16":
+        choose = attention.choose_num_segments
+        attention.choose_num_segments = lambda *a, **kw: min(choose(*a, **kw), 16)
+    if "pools" in modifiers:
+        capture = CUDAGraphRunner.capture
+
+        def own_pool(self, fn, capture=capture):
+            self._pool = None
+            return capture(self, fn)
+
+        CUDAGraphRunner.capture = own_pool
+    if {"tinyfirst", "tinyafter", "tinydel"} & set(modifiers):
+        tiny, capture = [], CUDAGraphRunner.capture
+
+        def capture_tiny():
+            x = torch.zeros(1024, device="cuda")
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                x.add_(1)
+            g.replay()
+            if "tinydel" in modifiers:
+                torch.cuda.synchronize()
+                g.reset()
+            else:
+                tiny.append((g, x))
+
+        def with_tiny(self, fn, capture=capture):
+            if "tinyfirst" in modifiers and not self.graphs:
+                capture_tiny()
+            replay = capture(self, fn)
+            if "tinyafter" in modifiers or "tinydel" in modifiers:
+                capture_tiny()
+            return replay
+
+        CUDAGraphRunner.capture = with_tiny
+    if "streams" in modifiers:
+        capture = CUDAGraphRunner.capture
+
+        def on_own_stream(self, fn, capture=capture):
+            replay, stream = capture(self, fn), torch.cuda.Stream()
+
+            def run():
+                current = torch.cuda.current_stream()
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    out = replay()
+                current.wait_stream(stream)
+                return out
+
+            return run
+
+        CUDAGraphRunner.capture = on_own_stream
+    if "asc" in modifiers:
+        import unifer.engine.runner as runner
+
+        runner.reversed = iter  # capture_decode_graphs walks the buckets with reversed()
+    if "nopdl" in modifiers:
+        from dependent_launch_cuda import set_dependent_launch
+
+        set_dependent_launch(False)
+
+
+def one(variant: str) -> None:
+    import torch
+    from model_cuda import decode_ms_per_token, make_checkpoint
+    from unifer import LLM
+
+    length, how, seqs = (variant + "/1").split("/")[:3]
+    patch(how)
+    folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
+    llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=int(length),
+              max_num_seqs=int(seqs))
+    rounds = [decode_ms_per_token(llm) for _ in range(3)]
+    print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
+          f"({len(llm.engine.runner.graph_buckets)} decode graphs; {torch.cuda.get_device_name()})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--one")
+    args = ap.parse_args()
+    if args.one:
+        one(args.one)
+        return
+    for _ in range(2):
+        for variant in args.variants.split(","):
+            out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)
+            print(out.stdout.strip() or f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
