@@ -14,13 +14,30 @@ import torch
 from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
 
 
+def kernel_times(replay, replays: int) -> dict[str, tuple[float, int]]:
+    """{kernel name: (GPU µs per replay, calls per replay)} over ``replays`` replays, after five unprofiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            replay()
+        torch.cuda.synchronize()
+    rows = {}
+    for evt in prof.key_averages():
+        if evt.device_type.name == "CUDA" and evt.self_device_time_total > 0:
+            rows[evt.key] = (evt.self_device_time_total / replays, evt.count // replays)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replays", type=int, default=50)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
     args = ap.parse_args()
-    from torch.profiler import ProfilerActivity, profile
     from unifer import LLM
 
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
@@ -29,19 +46,7 @@ def main() -> None:
     bw = copy_bandwidth()
     roofline = weight_bytes(llm) / bw * 1e3
     step_ms, replay_ms = decode_ms_per_token(llm, steps=64)
-    replay = llm.engine.runner._graphs[1]
-    for _ in range(5):
-        replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.replays):
-            replay()
-        torch.cuda.synchronize()
-    rows = {}
-    for evt in prof.key_averages():
-        if evt.device_type.name != "CUDA" or evt.self_device_time_total <= 0:
-            continue
-        rows[evt.key] = (evt.self_device_time_total / args.replays, evt.count // args.replays)
+    rows = kernel_times(llm.engine.runner._graphs[1], args.replays)
     busy = sum(t for t, _ in rows.values()) / 1e3
     print(f"roofline {roofline:.3f} ms; engine step {step_ms:.3f} ms; graph replay {replay_ms:.3f} ms; "
           f"kernels busy {busy:.3f} ms per replay (the rest of the replay: gaps between kernels)")

@@ -9,7 +9,10 @@ one), how being ``plain`` (as the engine captures) or ``seg16`` (at most 16 spli
 a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic dependent launch), ``asc``
 (buckets captured smallest first), ``tinyfirst`` / ``tinyafter`` (a one-kernel graph in its own pool, captured
 before the first decode graph / after each), ``tinydel`` (``tinyafter``, each tiny graph destroyed once replayed),
-``streams`` (each graph replayed on a stream of its own, ordered with the current one by events).
+``tinynorep`` (``tinyafter``, never replayed), ``streams`` (each graph replayed on a stream of its own, ordered with
+the current one by events), ``noempty`` (no capture empties torch's device and pinned-host caches, as
+``torch.cuda.graph`` does on entry), ``devempty`` / ``hostempty`` (the device / pinned-host cache emptied after each
+capture).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The next question (benchmarks/RESULTS.md, eighth session): does a stream per graph, or destroying the other
-# graph, win back what a second graph in the process costs?
-VARIANTS = "2048/plain,2048/plain/8,2048/plain+streams/8,2048/plain+tinyafter,2048/plain+tinydel"
+# The ninth session's question: is it the cache emptying that ``torch.cuda.graph`` does on entry that a second
+# capture costs?
+VARIANTS = ("2048/plain,2048/plain/8,2048/plain+noempty/8,2048/plain+tinyafter+noempty,2048/plain+devempty,"
+            "2048/plain+hostempty")
 
 
 def patch(variant: str) -> None:
@@ -42,7 +46,7 @@ def patch(variant: str) -> None:
             return capture(self, fn)
 
         CUDAGraphRunner.capture = own_pool
-    if {"tinyfirst", "tinyafter", "tinydel"} & set(modifiers):
+    if {"tinyfirst", "tinyafter", "tinydel", "tinynorep"} & set(modifiers):
         tiny, capture = [], CUDAGraphRunner.capture
 
         def capture_tiny():
@@ -50,7 +54,8 @@ def patch(variant: str) -> None:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 x.add_(1)
-            g.replay()
+            if "tinynorep" not in modifiers:
+                g.replay()
             if "tinydel" in modifiers:
                 torch.cuda.synchronize()
                 g.reset()
@@ -61,7 +66,7 @@ def patch(variant: str) -> None:
             if "tinyfirst" in modifiers and not self.graphs:
                 capture_tiny()
             replay = capture(self, fn)
-            if "tinyafter" in modifiers or "tinydel" in modifiers:
+            if {"tinyafter", "tinydel", "tinynorep"} & set(modifiers):
                 capture_tiny()
             return replay
 
@@ -83,6 +88,30 @@ def patch(variant: str) -> None:
             return run
 
         CUDAGraphRunner.capture = on_own_stream
+    if {"devempty", "hostempty"} & set(modifiers):
+        capture = CUDAGraphRunner.capture
+
+        def then_empty(self, fn, capture=capture):
+            replay = capture(self, fn)
+            if "devempty" in modifiers:
+                torch.cuda.empty_cache()
+            if "hostempty" in modifiers:
+                torch._C._host_emptyCache()
+            return replay
+
+        CUDAGraphRunner.capture = then_empty
+    if "noempty" in modifiers:  # last, so that it also covers the tiny graphs' captures
+        capture = CUDAGraphRunner.capture
+
+        def without_emptying(self, fn, capture=capture):
+            saved = torch.cuda.empty_cache, torch._C._host_emptyCache
+            torch.cuda.empty_cache = torch._C._host_emptyCache = lambda: None
+            try:
+                return capture(self, fn)
+            finally:
+                torch.cuda.empty_cache, torch._C._host_emptyCache = saved
+
+        CUDAGraphRunner.capture = without_emptying
     if "asc" in modifiers:
         import unifer.engine.runner as runner
 
@@ -95,6 +124,7 @@ def patch(variant: str) -> None:
 
 def one(variant: str) -> None:
     import torch
+    from decode_profile_cuda import kernel_times
     from model_cuda import decode_ms_per_token, make_checkpoint
     from unifer import LLM
 
@@ -106,6 +136,10 @@ def one(variant: str) -> None:
     rounds = [decode_ms_per_token(llm) for _ in range(3)]
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
           f"({len(llm.engine.runner.graph_buckets)} decode graphs; {torch.cuda.get_device_name()})", flush=True)
+    # Whether the time goes to slower kernels or to longer gaps between them.
+    rows = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
+    print(f"    kernels busy {sum(us for _, (us, _) in rows) / 1e3:.4f} ms per replay; "
+          + "; ".join(f"{us:.1f} us x{n} {name[:40]}" for name, (us, n) in rows[:5]), flush=True)
 
 
 def main() -> None:
