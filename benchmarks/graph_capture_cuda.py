@@ -12,7 +12,8 @@ before the first decode graph / after each), ``tinydel`` (``tinyafter``, each ti
 ``tinynorep`` (``tinyafter``, never replayed), ``streams`` (each graph replayed on a stream of its own, ordered with
 the current one by events), ``noempty`` (no capture empties torch's device and pinned-host caches, as
 ``torch.cuda.graph`` does on entry), ``devempty`` / ``hostempty`` (the device / pinned-host cache emptied after each
-capture).
+capture), ``ifnodes`` (every bucket's step in one graph, each behind a conditional node that a one-hot device
+vector switches on: a process with a single graph executable).
 """
 
 from __future__ import annotations
@@ -23,10 +24,46 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The ninth session's question: is it the cache emptying that ``torch.cuda.graph`` does on entry that a second
-# capture costs?
-VARIANTS = ("2048/plain,2048/plain/8,2048/plain+noempty/8,2048/plain+tinyafter+noempty,2048/plain+devempty,"
-            "2048/plain+hostempty")
+# The ninth session's question: does one graph holding every bucket behind conditional nodes run as fast as a
+# process's only graph?
+VARIANTS = "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256"
+
+
+def capture_into_one(self, fn):
+    """CUDAGraphRunner.capture for ``ifnodes``: warm ``fn`` up now; on the first replay, capture every ``fn`` given
+    so far into one graph, each inside a conditional node whose predicate is its row of a one-hot device vector."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(self.warmup_runs):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    fns = self.__dict__.setdefault("fns", [])
+    k = len(fns)
+    fns.append(fn)
+
+    def build():
+        n = len(fns)
+        self.onehots = torch.eye(n, dtype=torch.bool, device="cuda")
+        self.select = torch.zeros(n, dtype=torch.bool, device="cuda")
+        self.one, self.outs = torch.cuda.CUDAGraph(), []
+        with torch.cuda.graph(self.one):
+            for j, f in enumerate(fns):
+                self.one.begin_capture_to_if_node(self.select[j])
+                self.outs.append(f())
+                self.one.end_capture_to_conditional_node()
+
+    def replay():
+        if not hasattr(self, "one"):
+            build()
+        self.select.copy_(self.onehots[k])
+        self.one.replay()
+        return self.outs[k]
+
+    return replay
 
 
 def patch(variant: str) -> None:
@@ -88,6 +125,8 @@ def patch(variant: str) -> None:
             return run
 
         CUDAGraphRunner.capture = on_own_stream
+    if "ifnodes" in modifiers:
+        CUDAGraphRunner.capture = capture_into_one
     if {"devempty", "hostempty"} & set(modifiers):
         capture = CUDAGraphRunner.capture
 
@@ -145,12 +184,13 @@ def one(variant: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--one")
     args = ap.parse_args()
     if args.one:
         one(args.one)
         return
-    for _ in range(2):
+    for _ in range(args.rounds):
         for variant in args.variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)
             print(out.stdout.strip() or f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
