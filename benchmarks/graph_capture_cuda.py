@@ -24,8 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The ninth session's question: does one graph holding every bucket behind conditional nodes run as fast as a
-# process's only graph?
+# The ninth session's open question: does one graph holding every bucket behind conditional nodes run as fast as a
+# process's only graph? ``ifnodes`` needs a torch whose CUDAGraph has begin_capture_to_if_node (2.13 has it; 2.11,
+# on the lent H200s in December 2026, has not).
 VARIANTS = "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256"
 
 
@@ -126,6 +127,8 @@ def patch(variant: str) -> None:
 
         CUDAGraphRunner.capture = on_own_stream
     if "ifnodes" in modifiers:
+        if not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
+            raise SystemExit(f"ifnodes: torch {torch.__version__} cannot capture into conditional nodes")
         CUDAGraphRunner.capture = capture_into_one
     if {"devempty", "hostempty"} & set(modifiers):
         capture = CUDAGraphRunner.capture
