@@ -2,18 +2,25 @@
 pools and capture order, the split-KV segment count, programmatic dependent launch. Each variant runs in its own
 process, twice, alternating; Llama-3.2-1B shape, bf16, random weights, contexts of 133-388 positions.
 
-    python benchmarks/graph_capture_cuda.py [--variants 2048/plain,2048/plain/8,...]
+    python benchmarks/graph_capture_cuda.py [--variants 2048/plain,2048/plain/8,...|sizes] [--rounds 2]
 
-Variants, ``max_model_len/how[/max_num_seqs]`` (max_num_seqs default 1: the batch-1 bucket's graph is the only
-one), how being ``plain`` (as the engine captures) or ``seg16`` (at most 16 split-KV segments), with modifiers after
-a ``+``: ``pools`` (each graph in its own memory pool), ``nopdl`` (without programmatic dependent launch), ``asc``
-(buckets captured smallest first), ``tinyfirst`` / ``tinyafter`` (a one-kernel graph in its own pool, captured
-before the first decode graph / after each), ``tinydel`` (``tinyafter``, each tiny graph destroyed once replayed),
-``tinynorep`` (``tinyafter``, never replayed), ``streams`` (each graph replayed on a stream of its own, ordered with
-the current one by events), ``noempty`` (no capture empties torch's device and pinned-host caches, as
-``torch.cuda.graph`` does on entry), ``devempty`` / ``hostempty`` (the device / pinned-host cache emptied after each
-capture), ``ifnodes`` (every bucket's step in one graph, each behind a conditional node that a one-hot device
-vector switches on: a process with a single graph executable).
+A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
+- max_num_seqs: default 1, so that the batch-1 bucket's graph is the only one;
+- graph_batch_sizes: joined by ``-``; default the engine's;
+- rows: requests decoding together, default 1;
+- how: ``plain`` (as the engine captures) or ``seg16`` (at most 16 split-KV segments), then modifiers, each after
+  a ``+``:
+  - ``pools``: each graph in its own memory pool;
+  - ``nopdl``: without programmatic dependent launch;
+  - ``asc``: buckets captured smallest first;
+  - ``tinyfirst`` / ``tinyafter``: a one-kernel graph in its own pool, captured before the first decode graph /
+    after each; ``tinydel``: ``tinyafter``, each tiny graph destroyed once replayed; ``tinynorep``: ``tinyafter``,
+    never replayed;
+  - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
+  - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
+    ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
+  - ``ifnodes``: every bucket's step in one graph, each behind a conditional node that a one-hot device vector
+    switches on, so the process holds a single graph executable.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pathlib import Path
 # process's only graph? ``ifnodes`` needs a torch whose CUDAGraph has begin_capture_to_if_node (2.13 has it; 2.11,
 # on the lent H200s in December 2026, has not).
 VARIANTS = "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256"
+# What ``graph_batch_sizes=[1]`` gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
+SIZES = "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4"
 
 
 def capture_into_one(self, fn):
@@ -170,31 +179,34 @@ def one(variant: str) -> None:
     from model_cuda import decode_ms_per_token, make_checkpoint
     from unifer import LLM
 
-    length, how, seqs = (variant + "/1").split("/")[:3]
+    spec, _, rows = variant.partition("@")
+    parts = spec.split("/")
+    length, how, seqs, *sizes = parts + ["1"] * (3 - len(parts))
     patch(how)
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
     llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=int(length),
-              max_num_seqs=int(seqs))
-    rounds = [decode_ms_per_token(llm) for _ in range(3)]
+              max_num_seqs=int(seqs), graph_batch_sizes=[int(b) for b in sizes[0].split("-")] if sizes else None)
+    rounds = [decode_ms_per_token(llm, rows=int(rows or 1)) for _ in range(3)]
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
           f"({len(llm.engine.runner.graph_buckets)} decode graphs; {torch.cuda.get_device_name()})", flush=True)
     # Whether the time goes to slower kernels or to longer gaps between them.
-    rows = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
-    print(f"    kernels busy {sum(us for _, (us, _) in rows) / 1e3:.4f} ms per replay; "
-          + "; ".join(f"{us:.1f} us x{n} {name[:40]}" for name, (us, n) in rows[:5]), flush=True)
+    kernels = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
+    print(f"    kernels busy {sum(us for _, (us, _) in kernels) / 1e3:.4f} ms per replay; "
+          + "; ".join(f"{us:.1f} us x{n} {name[:40]}" for name, (us, n) in kernels[:5]), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=VARIANTS)
+    ap.add_argument("--variants", default=VARIANTS, help="comma-separated, or 'sizes' for SIZES")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--one")
     args = ap.parse_args()
     if args.one:
         one(args.one)
         return
+    variants = SIZES if args.variants == "sizes" else args.variants
     for _ in range(args.rounds):
-        for variant in args.variants.split(","):
+        for variant in variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)
             print(out.stdout.strip() or f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
 

@@ -61,15 +61,17 @@ def weight_bytes(llm) -> int:
     return total
 
 
-def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None) -> tuple[float, float | None]:
-    """(ms per engine step, ms per graph replay) for one request decoding ``steps`` tokens after a 128-token
-    prompt. ``profile``: also cProfile 128 more steps (after the timed ones) into this file."""
+def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None,
+                        rows: int = 1) -> tuple[float, float | None]:
+    """(ms per engine step, ms per batch-1 graph replay) for ``rows`` requests decoding ``steps`` tokens each after
+    a 128-token prompt. ``profile``: also cProfile 128 more steps (after the timed ones) into this file."""
     from unifer import SamplingParams
 
     engine = llm.engine
-    engine.add_request("decode", {"prompt_token_ids": list(range(100, 228))},
-                       SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
-    engine.step()  # the prefill
+    for i in range(rows):
+        engine.add_request(f"decode{i}", {"prompt_token_ids": list(range(100 + i, 228 + i))},
+                           SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True))
+    engine.step()  # the prefills, in one step while rows x 128 tokens fit its budget
     for _ in range(4):
         engine.step()
     torch.cuda.synchronize()
@@ -78,7 +80,8 @@ def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None) -> tu
         engine.step()
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - t0) * 1e3 / steps
-    engine.abort_request("decode")
+    for i in range(rows):
+        engine.abort_request(f"decode{i}")
     if profile:
         import cProfile
         import pstats

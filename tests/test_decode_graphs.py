@@ -55,3 +55,40 @@ def test_enforce_eager_never_captures(checkpoint_factory, monkeypatch):
     llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, enforce_eager=True)
     llm.generate([{"prompt_token_ids": [5, 6, 7]}], PARAMS, use_tqdm=False)
     assert llm.engine.runner.graph_buckets == [] and runner.replays == 0
+
+
+@pytest.mark.parametrize("sizes, replayed", [([8], True), ([1, 3], False)])
+def test_graph_batch_sizes(checkpoint_factory, monkeypatch, sizes, replayed):
+    # Five running sequences: padded to the bucket of 8, or past the largest of [1, 3] and so run eagerly.
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    runner = RecordingGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: runner)
+    prompts = _prompts(seed=5)[:5]
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12, graph_batch_sizes=sizes)
+    assert llm.engine.runner.graph_buckets == sizes
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert (runner.replays >= PARAMS.max_tokens - 1) if replayed else runner.replays == 0
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [4, 13]])
+def test_graph_batch_sizes_rejected(tmp_path, sizes):
+    from unifer.config import EngineConfig, ModelConfig, SchedulerConfig
+
+    with pytest.raises(ValueError, match="graph_batch_sizes"):
+        EngineConfig(model=ModelConfig(model=str(tmp_path)), scheduler=SchedulerConfig(max_num_seqs=12),
+                     graph_batch_sizes=sizes)
+
+
+def test_serve_parses_graph_batch_sizes():
+    import argparse
+
+    from unifer.server.cli import add_serve_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_serve_parser(sub)
+    parser = sub.choices["serve"]
+    assert parser.parse_args(["m", "--graph-batch-sizes", "1", "2"]).graph_batch_sizes == [1, 2]
+    assert parser.parse_args(["m", "--cuda-graph-sizes", "1"]).graph_batch_sizes == [1]
+    assert parser.parse_args(["m"]).graph_batch_sizes is None

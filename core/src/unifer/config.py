@@ -45,9 +45,22 @@ class EngineConfig(_Config):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     backend: str | None = None
     enforce_eager: bool = Field(default=False, description="Never capture or replay graphs (debugging)")
+    graph_batch_sizes: list[int] | None = Field(
+        default=None, min_length=1,
+        description="Decode batch sizes to capture a graph for (vLLM's cuda_graph_sizes). A decode batch is padded "
+                    "to the next size; one above the largest runs eagerly, which is many times slower. Default: 1, "
+                    "2, 4, 8, then every multiple of 8 up to max_num_seqs (at most 256)")
     async_scheduling: bool | None = Field(
         default=None, description="Schedule and launch each step before reading the last one's tokens, so host "
                                   "work overlaps the device's. None: on where the backend has step events")
+
+    @model_validator(mode="after")
+    def _graph_sizes_fit(self) -> EngineConfig:
+        for size in self.graph_batch_sizes or ():
+            if not 0 < size <= self.scheduler.max_num_seqs:
+                raise ValueError(f"graph_batch_sizes has {size}: a decode batch holds 1 to max_num_seqs "
+                                 f"({self.scheduler.max_num_seqs}) sequences")
+        return self
 
     @model_validator(mode="after")
     def _budget_fits(self) -> EngineConfig:

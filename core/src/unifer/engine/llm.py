@@ -31,6 +31,7 @@ class LLM:
         enable_chunked_prefill: bool = True,
         gpu_memory_utilization: float | None = None,
         enforce_eager: bool = False,
+        graph_batch_sizes: list[int] | None = None,
         async_scheduling: bool | None = None,
     ) -> None:
         if gpu_memory_utilization is not None:  # vLLM's name for the same setting
@@ -43,6 +44,7 @@ class LLM:
                                       enable_chunked_prefill=enable_chunked_prefill),
             backend=backend,
             enforce_eager=enforce_eager,
+            graph_batch_sizes=graph_batch_sizes,
             async_scheduling=async_scheduling,
         )
         self.engine = LLMEngine(config)

@@ -60,12 +60,14 @@ class ModelRunner:
         return sorted(self._graphs)
 
     @torch.inference_mode()
-    def capture_decode_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int) -> None:
-        """Capture one decode step per batch bucket, largest first so smaller ones reuse its memory pool.
+    def capture_decode_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int,
+                              sizes: list[int] | None = None) -> None:
+        """Capture one decode step per batch bucket (``sizes``, default ``decode_buckets(max_num_seqs)``), largest
+        first so smaller ones reuse its memory pool.
 
         Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
         launch from it (split-KV) pick a launch valid for any context the replay will see."""
-        buckets = decode_buckets(max_num_seqs)
+        buckets = sorted(set(sizes)) if sizes else decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
         # A replay's inputs live in one flat device buffer with two pinned host twins, so they go in one

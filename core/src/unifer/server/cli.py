@@ -38,6 +38,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float, default=0.9,
                    help="share of device memory the engine may use (weights, activations, KV cache)")
     p.add_argument("--enforce-eager", action="store_true", help="never capture decode graphs")
+    p.add_argument("--graph-batch-sizes", "--cuda-graph-sizes", dest="graph_batch_sizes", type=int, nargs="+",
+                   default=None, metavar="N",
+                   help="decode batch sizes to capture graphs for (default: 1 2 4 8 16 ... up to --max-num-seqs, "
+                        "at most 256); a larger decode batch runs eagerly, many times slower")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="launch each step before reading the last one's tokens (default: where the backend can)")
     p.add_argument("--max-cache-bytes", type=int, default=None)
@@ -62,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           memory_fraction=args.memory_fraction, max_cache_bytes=args.max_cache_bytes,
                           enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
-        backend=args.backend, enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling)
+        backend=args.backend, enforce_eager=args.enforce_eager, graph_batch_sizes=args.graph_batch_sizes,
+        async_scheduling=args.async_scheduling)
     engine = AsyncLLMEngine(LLMEngine(config), max_waiting=args.max_waiting)
     api_key = args.api_key or os.environ.get("UNIFER_API_KEY") or None
     app = build_app(engine, args.served_model_name or args.model, api_key=api_key,
