@@ -20,12 +20,14 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
   - ``ifnodes``: every bucket's step in one graph, each behind a conditional node that a one-hot device vector
-    switches on, so the process holds a single graph executable.
+    switches on, so the process holds a single graph executable;
+  - ``connN``: CUDA_DEVICE_MAX_CONNECTIONS=N (hardware work queues; the driver's default is 8).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,8 @@ from pathlib import Path
 VARIANTS = "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256"
 # What ``graph_batch_sizes=[1]`` gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
 SIZES = "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4"
+# Whether the driver's hardware queue count changes what a second graph costs.
+CONNECTIONS = "2048/plain/8,2048/plain+conn1/8,2048/plain+conn32/8,2048/plain+conn1"
 
 
 def capture_into_one(self, fn):
@@ -82,6 +86,9 @@ def patch(variant: str) -> None:
     from unifer_cuda.graphs import CUDAGraphRunner
 
     how, *modifiers = variant.split("+")
+    for m in modifiers:
+        if m.startswith("conn"):  # read when the CUDA context is made, which no import here does
+            os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = m[4:]
     if how == "seg16":
         choose = attention.choose_num_segments
         attention.choose_num_segments = lambda *a, **kw: min(choose(*a, **kw), 16)
@@ -197,14 +204,14 @@ def one(variant: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=VARIANTS, help="comma-separated, or 'sizes' for SIZES")
+    ap.add_argument("--variants", default=VARIANTS, help="comma-separated; or 'sizes', 'connections'")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--one")
     args = ap.parse_args()
     if args.one:
         one(args.one)
         return
-    variants = SIZES if args.variants == "sizes" else args.variants
+    variants = {"sizes": SIZES, "connections": CONNECTIONS}.get(args.variants, args.variants)
     for _ in range(args.rounds):
         for variant in variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)
