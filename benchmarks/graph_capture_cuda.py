@@ -33,14 +33,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The ninth session's open question: does one graph holding every bucket behind conditional nodes run as fast as a
-# process's only graph? ``ifnodes`` needs a torch whose CUDAGraph has begin_capture_to_if_node (2.13 has it; 2.11,
-# on the lent H200s in December 2026, has not).
-VARIANTS = "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256"
-# What ``graph_batch_sizes=[1]`` gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
-SIZES = "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4"
-# Whether the driver's hardware queue count changes what a second graph costs.
-CONNECTIONS = "2048/plain/8,2048/plain+conn1/8,2048/plain+conn32/8,2048/plain+conn1"
+NAMED = {
+    # The next experiment (the default): does the driver's hardware queue count change what a second graph costs?
+    "connections": "2048/plain/8,2048/plain+conn1/8,2048/plain+conn32/8,2048/plain+conn1",
+    # Does one graph holding every bucket behind conditional nodes run as fast as a process's only graph? Needs a
+    # torch whose CUDAGraph has begin_capture_to_if_node (2.13 has it; 2.11, on the lent H200s in December 2026,
+    # has not).
+    "ifnodes": "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256",
+    # What graph_batch_sizes=[1] gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
+    "sizes": "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4",
+}
 
 
 def capture_into_one(self, fn):
@@ -48,12 +50,8 @@ def capture_into_one(self, fn):
     so far into one graph, each inside a conditional node whose predicate is its row of a one-hot device vector."""
     import torch
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(self.warmup_runs):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(self.warmup_runs):  # compiles the Triton kernels before any capture
+        fn()
     torch.cuda.synchronize()
     fns = self.__dict__.setdefault("fns", [])
     k = len(fns)
@@ -204,14 +202,14 @@ def one(variant: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default=VARIANTS, help="comma-separated; or 'sizes', 'connections'")
+    ap.add_argument("--variants", default="connections", help=f"comma-separated, or one of {', '.join(NAMED)}")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--one")
     args = ap.parse_args()
     if args.one:
         one(args.one)
         return
-    variants = {"sizes": SIZES, "connections": CONNECTIONS}.get(args.variants, args.variants)
+    variants = NAMED.get(args.variants, args.variants)
     for _ in range(args.rounds):
         for variant in variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)

@@ -151,8 +151,8 @@ def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig,
 
     Depends only on host ints. A graph runner that captures with ``max_seq_len`` = the model's maximum gets the
     split kernel, which is correct for every shorter context too, but not as fast there: at batch 1 a graph
-    captured for 131072 positions runs 64 segments, mostly empty at short contexts, and its decode step took 7%
-    longer than one captured for 2048 (benchmarks/RESULTS.md, seventh session).
+    captured for 131072 positions runs 64 segments, mostly empty at short contexts, and its decode step took ~5%
+    longer than one capped at 16 segments (benchmarks/RESULTS.md, eighth session).
     """
     if num_tokens > cfg.split_max_tokens or max_seq_len < cfg.split_min_seq_len:
         return 1
