@@ -13,7 +13,6 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
     python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
-    python benchmarks/attention_cuda.py --loop-variants  # decode-loop variants against the current config row
 """
 
 from __future__ import annotations
@@ -400,58 +399,6 @@ def sweep(device: str) -> None:
             del q, cache, md, hnd
 
 
-def loop_variants(device: str) -> None:
-    """Decode-loop variants against the current config row, timed as the decode table times them (graph replays,
-    cold L2), each at the segment count the heuristic fits and at half and twice that: the data for turning a
-    variant on in the config row. Every variant's output is checked against the current row's first."""
-    from dataclasses import replace
-
-    from unifer.kernels.triton.configs import attention_launch, choose_num_segments
-    from unifer.kernels.triton.util import current_configs
-
-    att = module("attention")
-    base = current_configs(torch.device(device)).attention
-    variants = {
-        "current": base,
-        # sm_90 registers per thread (compile check): current 110-124, pf128 219-223 (2 programs per SM), pf64 142
-        # (3), pf64 with 8 warps 119 (2), pf32 109 (4).
-        "pf128s1": replace(base, prefetch_decode=True, tile_decode=128, num_stages=1),
-        "pf64s1": replace(base, prefetch_decode=True, tile_decode=64, num_stages=1),
-        "pf64s1w8": replace(base, prefetch_decode=True, tile_decode=64, num_stages=1, num_warps=8),
-        "pf32s1": replace(base, prefetch_decode=True, tile_decode=32, num_stages=1),
-    }
-    copy_bw = copy_bandwidth(device)
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
-    print(f"\ndecode loop variants (ms, graph replays, cold L2; segments: fitted/2, fitted, 2x fitted; best *), copy "
-          f"bandwidth {copy_bw / 1e9:.0f} GB/s; ratio: current at its fitted count / the variant's best")
-    for batch in (1, 8, 64):
-        for ctx in (1024, 4096, 16384):
-            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
-            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-            caches = [cache] + [cache.clone() for _ in range(n - 1)]
-            want = att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=base).float()
-            reference_ms = None
-            for name, cfg in variants.items():
-                tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
-                fit = choose_num_segments(batch, ctx, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
-                counts = sorted({max(fit // 2, 1), fit, min(fit * 2, ctx // tile)})
-                got = att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=cfg).float()
-                err = (got - want).abs().max().item()
-                assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from the current row by {err}"
-                times = {}
-                for s in counts:
-                    times[s] = bench_graph(lambda s=s, cfg=cfg, q=q, md=md, cs=caches: [att.unified_attention(
-                        q, c, md, scale=HEAD_DIM**-0.5, num_segments=s, config=cfg) for c in cs]) / n
-                best = min(times, key=times.get)
-                if reference_ms is None:
-                    reference_ms = times[fit]
-                cells = "".join(f"{s:>4} seg {t:.4f}{'*' if s == best else ' '}" for s, t in times.items())
-                pct = 100 * kv_bytes / (times[best] * 1e-3) / copy_bw
-                print(f"{batch:>3} x {ctx:>5} {name:>10}{cells:<60} {pct:>4.0f}% {reference_ms / times[best]:>5.2f}")
-            del caches
-
-
 def captured(device: str) -> None:
     """Decode attention as a CUDA graph runs it: the runner captures each batch bucket with the segment count of
     the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
@@ -500,8 +447,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
     parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
-    parser.add_argument("--loop-variants", action="store_true",
-                        help="time decode-loop variants (next-tile prefetch) against the current config row only")
     parser.add_argument("--captured", action="store_true",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only")
     parser.add_argument(
@@ -525,9 +470,6 @@ def main() -> int:
         return 0
     if args.sweep:
         sweep(args.device)
-        return 0
-    if args.loop_variants:
-        loop_variants(args.device)
         return 0
     run_benchmarks(args.device)
     return 0

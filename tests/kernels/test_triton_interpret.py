@@ -62,14 +62,11 @@ def _attention_case(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     num_segments: int | None = 1,
-    prefetch: bool = False,
 ) -> float:
-    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones.
-    ``prefetch``: the decode loop that loads the next KV tile before attending to the current one."""
+    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
     import torch
     from unifer.backends.backend import AttentionMetadata
     from unifer.kernels.triton import module
-    from unifer.kernels.triton.configs import AttentionConfig
     from unifer.ops import reference as ref
 
     dt = getattr(torch, dtype)
@@ -113,7 +110,6 @@ def _attention_case(
             sliding_window=sliding_window,
             soft_cap=soft_cap,
             num_segments=num_segments,
-            config=AttentionConfig(prefetch_decode=True) if prefetch else None,
             out=out,
         )
     assert got.data_ptr() == out.data_ptr()
@@ -152,21 +148,6 @@ ATTENTION_CASES: dict[str, dict] = {
         num_segments=4,
         sliding_window=20,
         soft_cap=10.0,
-    ),
-    "prefetch_decode": dict(
-        query_lens=[1, 1, 1], context_lens=[5, 32, 100], num_heads=4, num_kv_heads=2, head_dim=64, prefetch=True
-    ),
-    # Segments of uneven tile counts, and empty ones (the prefetch past the last tile is masked).
-    "prefetch_split_window_cap": dict(
-        query_lens=[1, 1, 1],
-        context_lens=[150, 33, 2],
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=80,
-        num_segments=4,
-        sliding_window=70,
-        soft_cap=10.0,
-        prefetch=True,
     ),
     "empty_sequence": dict(query_lens=[0, 2, 1], context_lens=[4, 3, 5], num_heads=2, num_kv_heads=1, head_dim=64),
     "float64": dict(

@@ -25,6 +25,8 @@ from unifer.kernels.triton.configs import AttentionConfig, attention_launch, cho
 from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import acc_dtype, current_configs, dot_precision
 
+LOG2E = 1.4426950408889634
+
 
 @triton.jit
 def _tanh(x):
@@ -45,41 +47,6 @@ def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
         else:
             right = mid
     return left - 1
-
-
-@triton.jit
-def _load_kv_tile(kv_ptr, bt_row, kv_head_off, t, tile_end, kv_end, kv_stride0, kv_stride1, kv_stride2, offs_t,
-                  offs_d, dim_mask, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
-    """K (transposed, [D, TILE]) and V ([TILE, D]) of KV tile ``t``, gathered through the block table; nothing is
-    read for a tile at or past ``tile_end``."""
-    k_pos = t * TILE + offs_t
-    k_valid = (k_pos < kv_end) & (t < tile_end)
-    page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
-    slot = page * kv_stride1 + (k_pos % BLOCK_SIZE).to(tl.int64) * kv_stride2 + kv_head_off
-    k = tl.load(kv_ptr + slot[None, :] + offs_d[:, None], mask=dim_mask[:, None] & k_valid[None, :], other=0.0)
-    v = tl.load(kv_ptr + kv_stride0 + slot[:, None] + offs_d[None, :], mask=k_valid[:, None] & dim_mask[None, :],
-                other=0.0)
-    return k, v, k_pos, k_valid
-
-
-@triton.jit
-def _attend_tile(q, k, v, k_pos, k_valid, q_abs, m_i, l_i, acc, scale, soft_cap, sliding_window,
-                 USE_SOFT_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr, ACC: tl.constexpr):
-    """One online-softmax step (base 2) of the query rows over a KV tile: the new (m_i, l_i, acc)."""
-    s = tl.dot(q, k, input_precision=DOT_PREC).to(ACC) * scale
-    if USE_SOFT_CAP:
-        s = soft_cap * _tanh(s / soft_cap)
-    visible = (k_pos[None, :] <= q_abs[:, None]) & k_valid[None, :]
-    if USE_WINDOW:
-        visible = visible & (q_abs[:, None] - k_pos[None, :] < sliding_window)
-    s = tl.where(visible, s * 1.4426950408889634, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-    p = tl.exp2(s - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC).to(ACC)
-    return m_new, l_i, acc
 
 
 # The sequence count and the block table's width change from step to step; specialising on them (a value of 1, a
@@ -122,7 +89,6 @@ def _unified_attention_kernel(
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
     PDL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     wait_for_predecessor(PDL)
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
@@ -172,24 +138,31 @@ def _unified_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_PAD], ACC)
     bt_row = block_table_ptr + seq_idx.to(tl.int64) * bt_stride0
     kv_head_off = kv_head.to(tl.int64) * kv_stride3
-    if PREFETCH:
-        # The next tile's K/V loads are issued before this tile's arithmetic, so each program keeps a copy in
-        # flight while it computes (Triton's pipeliner, at the stage counts that fit, waits for every copy first).
-        k, v, k_pos, k_valid = _load_kv_tile(kv_ptr, bt_row, kv_head_off, tile_begin, tile_end, kv_end, kv_stride0,
-                                             kv_stride1, kv_stride2, offs_t, offs_d, dim_mask, BLOCK_SIZE, TILE)
-        for t in range(tile_begin, tile_end):
-            nk, nv, n_pos, n_valid = _load_kv_tile(kv_ptr, bt_row, kv_head_off, t + 1, tile_end, kv_end,
-                                                   kv_stride0, kv_stride1, kv_stride2, offs_t, offs_d, dim_mask,
-                                                   BLOCK_SIZE, TILE)
-            m_i, l_i, acc = _attend_tile(q, k, v, k_pos, k_valid, q_abs, m_i, l_i, acc, scale, soft_cap,
-                                         sliding_window, USE_SOFT_CAP, USE_WINDOW, DOT_PREC, ACC)
-            k, v, k_pos, k_valid = nk, nv, n_pos, n_valid
-    else:
-        for t in range(tile_begin, tile_end):
-            k, v, k_pos, k_valid = _load_kv_tile(kv_ptr, bt_row, kv_head_off, t, tile_end, kv_end, kv_stride0,
-                                                 kv_stride1, kv_stride2, offs_t, offs_d, dim_mask, BLOCK_SIZE, TILE)
-            m_i, l_i, acc = _attend_tile(q, k, v, k_pos, k_valid, q_abs, m_i, l_i, acc, scale, soft_cap,
-                                         sliding_window, USE_SOFT_CAP, USE_WINDOW, DOT_PREC, ACC)
+    for t in range(tile_begin, tile_end):
+        k_pos = t * TILE + offs_t
+        k_valid = k_pos < kv_end
+        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
+        slot = page * kv_stride1 + (k_pos % BLOCK_SIZE).to(tl.int64) * kv_stride2 + kv_head_off
+        k = tl.load(kv_ptr + slot[None, :] + offs_d[:, None], mask=dim_mask[:, None] & k_valid[None, :], other=0.0)
+        v = tl.load(
+            kv_ptr + kv_stride0 + slot[:, None] + offs_d[None, :],
+            mask=k_valid[:, None] & dim_mask[None, :],
+            other=0.0,
+        )
+        s = tl.dot(q, k, input_precision=DOT_PREC).to(ACC) * scale
+        if USE_SOFT_CAP:
+            s = soft_cap * _tanh(s / soft_cap)
+        visible = (k_pos[None, :] <= q_abs[:, None]) & k_valid[None, :]
+        if USE_WINDOW:
+            visible = visible & (q_abs[:, None] - k_pos[None, :] < sliding_window)
+        s = tl.where(visible, s * 1.4426950408889634, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC).to(ACC)
+        m_i = m_new
 
     if NUM_SEGMENTS == 1:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -333,7 +306,6 @@ def unified_attention(
         NUM_SEGMENTS=num_segments,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        PREFETCH=launch["PREFETCH"],
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],

@@ -136,7 +136,6 @@ def _attention_spec(
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
         PDL=configs.dependent_launch,
-        PREFETCH=launch["PREFETCH"],
     )
     variant = (
         f"attention[{dtype},d{head_dim},bs{block_size},g{group},{'decode' if decode else 'prefill'}"

@@ -20,8 +20,6 @@ class AttentionConfig:
     tile_decode: int = 32  # KV positions per inner-loop step
     num_warps: int = 4
     num_stages: int = 1
-    # Issue the next KV tile's loads before the current tile's arithmetic (software pipelining in registers).
-    prefetch_decode: bool = False
     # Batches with prefill tokens: larger query blocks so each KV tile serves more queries.
     block_m_prefill: int = 64
     tile_prefill: int = 32
@@ -144,7 +142,6 @@ def attention_launch(cfg: AttentionConfig, *, head_dim: int, group: int, decode:
         TILE=max(tile, 16),
         num_warps=cfg.num_warps if decode else cfg.num_warps_prefill,
         num_stages=cfg.num_stages if decode else cfg.num_stages_prefill,
-        PREFETCH=cfg.prefetch_decode and decode,
     )
 
 
