@@ -25,8 +25,6 @@ from unifer.kernels.triton.configs import AttentionConfig, attention_launch, cho
 from unifer.kernels.triton.dependent_launch import launch_options, wait_for_predecessor
 from unifer.kernels.triton.util import acc_dtype, current_configs, dot_precision
 
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _tanh(x):
