@@ -87,21 +87,35 @@ def _unified_attention_kernel(
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
     PDL: tl.constexpr,
+    EARLY_META: tl.constexpr,
+    DIRECT_DECODE: tl.constexpr,
 ):
-    wait_for_predecessor(PDL)
+    if not EARLY_META:
+        wait_for_predecessor(PDL)
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
     num_kv_heads = num_heads // GROUP
     q_block_global = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
     segment = tl.program_id(1)
 
-    seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
+    if DIRECT_DECODE:
+        seq_idx = q_block_global
+    else:
+        seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_ptr + seq_idx)
     q_stop = tl.load(query_start_ptr + seq_idx + 1)
-    q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
+    seq_len = tl.load(seq_lens_ptr + seq_idx)
+    if DIRECT_DECODE:
+        q_block = 0
+    else:
+        q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
     query_len = q_stop - q_start
     if q_block * BLOCK_Q >= query_len:
+        if EARLY_META:
+            wait_for_predecessor(PDL)
         return
+    if EARLY_META:
+        wait_for_predecessor(PDL)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_PAD)
@@ -115,7 +129,6 @@ def _unified_attention_kernel(
     q_offs = tok[:, None] * q_stride0 + head[:, None] * q_stride1 + offs_d[None, :]
     q = tl.load(q_ptr + q_offs, mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
 
-    seq_len = tl.load(seq_lens_ptr + seq_idx)
     context_len = seq_len - query_len
     q_abs = context_len + query_pos  # absolute position of each row's token
     # KV range any row of this block may see: [kv_begin, kv_end).
@@ -267,7 +280,8 @@ def unified_attention(
     else:
         segm_out = segm_max = segm_sum = out  # unused
 
-    grid = ((num_tokens // block_q + num_seqs) * num_kv_heads, num_segments)
+    direct = cfg.direct_decode and metadata.max_query_len <= 1
+    grid = ((num_seqs if direct else num_tokens // block_q + num_seqs) * num_kv_heads, num_segments)
     _unified_attention_kernel[grid](
         out,
         segm_out,
@@ -304,6 +318,8 @@ def unified_attention(
         NUM_SEGMENTS=num_segments,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        EARLY_META=cfg.early_metadata,
+        DIRECT_DECODE=direct,
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],
