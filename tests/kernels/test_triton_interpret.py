@@ -62,14 +62,11 @@ def _attention_case(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     num_segments: int | None = 1,
-    config: dict | None = None,
 ) -> float:
-    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones.
-    ``config``: AttentionConfig fields to set on the default row."""
+    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
     import torch
     from unifer.backends.backend import AttentionMetadata
     from unifer.kernels.triton import module
-    from unifer.kernels.triton.configs import AttentionConfig
     from unifer.ops import reference as ref
 
     dt = getattr(torch, dtype)
@@ -113,7 +110,6 @@ def _attention_case(
             sliding_window=sliding_window,
             soft_cap=soft_cap,
             num_segments=num_segments,
-            config=AttentionConfig(**config) if config else None,
             out=out,
         )
     assert got.data_ptr() == out.data_ptr()
@@ -152,20 +148,6 @@ ATTENTION_CASES: dict[str, dict] = {
         num_segments=4,
         sliding_window=20,
         soft_cap=10.0,
-    ),
-    # Decode batches index their sequences by program id, without the search over query_start_loc.
-    "direct_decode": dict(
-        query_lens=[1, 1, 1, 1, 1], context_lens=[5, 16, 33, 0, 70], num_heads=8, num_kv_heads=2, head_dim=64,
-        config=dict(direct_decode=True, early_metadata=True),
-    ),
-    "direct_decode_split_window": dict(
-        query_lens=[1, 1, 1], context_lens=[150, 2, 40], num_heads=4, num_kv_heads=2, head_dim=80, num_segments=4,
-        sliding_window=50, soft_cap=10.0, config=dict(direct_decode=True, early_metadata=True),
-    ),
-    # The flag applies to decode batches only: a mixed batch still searches.
-    "direct_decode_mixed": dict(
-        query_lens=[1, 6, 1], context_lens=[20, 3, 9], num_heads=4, num_kv_heads=1, head_dim=64,
-        config=dict(direct_decode=True, early_metadata=True),
     ),
     "empty_sequence": dict(query_lens=[0, 2, 1], context_lens=[4, 3, 5], num_heads=2, num_kv_heads=1, head_dim=64),
     "float64": dict(

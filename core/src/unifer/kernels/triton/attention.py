@@ -87,35 +87,24 @@ def _unified_attention_kernel(
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
     PDL: tl.constexpr,
-    EARLY_META: tl.constexpr,
-    DIRECT_DECODE: tl.constexpr,
 ):
-    if not EARLY_META:
-        wait_for_predecessor(PDL)
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
     num_kv_heads = num_heads // GROUP
     q_block_global = tl.program_id(0) // num_kv_heads
     kv_head = tl.program_id(0) % num_kv_heads
     segment = tl.program_id(1)
 
-    if DIRECT_DECODE:
-        seq_idx = q_block_global
-    else:
-        seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
+    # The step's metadata is read before waiting on the predecessor kernel: it was written before the kernel ahead
+    # of that one (``paged_attention``'s contract), so the search overlaps the predecessor's tail.
+    seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_ptr + seq_idx)
     q_stop = tl.load(query_start_ptr + seq_idx + 1)
     seq_len = tl.load(seq_lens_ptr + seq_idx)
-    if DIRECT_DECODE:
-        q_block = 0
-    else:
-        q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
+    wait_for_predecessor(PDL)
+    q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
     query_len = q_stop - q_start
     if q_block * BLOCK_Q >= query_len:
-        if EARLY_META:
-            wait_for_predecessor(PDL)
         return
-    if EARLY_META:
-        wait_for_predecessor(PDL)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_PAD)
@@ -203,10 +192,11 @@ def _reduce_segments_kernel(
     NUM_SEGMENTS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    wait_for_predecessor(PDL)
     tok = tl.program_id(0)
     head = tl.program_id(1)
-    if tok >= tl.load(query_start_ptr + num_seqs):
+    num_tokens = tl.load(query_start_ptr + num_seqs)  # metadata: read before the wait, as in the kernel above
+    wait_for_predecessor(PDL)
+    if tok >= num_tokens:
         return  # padding token past the last sequence
     offs_s = tl.arange(0, NUM_SEGMENTS)
     offs_d = tl.arange(0, HEAD_PAD)
@@ -249,7 +239,10 @@ def unified_attention(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``paged_attention`` of the reference, plus knobs: ``num_segments`` (None: heuristic; 1: no split-KV;
-    a power of two: forced split), ``config`` (None: the table for the current device), ``out``."""
+    a power of two: forced split), ``config`` (None: the table for the current device), ``out``.
+
+    With dependent launch on, the kernels read ``metadata``'s query_start_loc and seq_lens before waiting on the
+    kernel launched just before them, so that kernel must not be the one that writes them (dependent_launch.py)."""
     _check_inputs(query, kv_cache)
     if query.stride(2) != 1:
         query = query.contiguous()
@@ -280,8 +273,7 @@ def unified_attention(
     else:
         segm_out = segm_max = segm_sum = out  # unused
 
-    direct = cfg.direct_decode and metadata.max_query_len <= 1
-    grid = ((num_seqs if direct else num_tokens // block_q + num_seqs) * num_kv_heads, num_segments)
+    grid = ((num_tokens // block_q + num_seqs) * num_kv_heads, num_segments)
     _unified_attention_kernel[grid](
         out,
         segm_out,
@@ -318,8 +310,6 @@ def unified_attention(
         NUM_SEGMENTS=num_segments,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        EARLY_META=cfg.early_metadata,
-        DIRECT_DECODE=direct,
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],

@@ -136,8 +136,6 @@ def _attention_spec(
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
         PDL=configs.dependent_launch,
-        EARLY_META=configs.attention.early_metadata,
-        DIRECT_DECODE=configs.attention.direct_decode and decode,
     )
     variant = (
         f"attention[{dtype},d{head_dim},bs{block_size},g{group},{'decode' if decode else 'prefill'}"

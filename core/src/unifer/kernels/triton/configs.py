@@ -20,8 +20,6 @@ class AttentionConfig:
     tile_decode: int = 32  # KV positions per inner-loop step
     num_warps: int = 4
     num_stages: int = 1
-    early_metadata: bool = False
-    direct_decode: bool = False
     # Batches with prefill tokens: larger query blocks so each KV tile serves more queries.
     block_m_prefill: int = 64
     tile_prefill: int = 32

@@ -2,11 +2,17 @@
 
 A decode step is a chain of short kernels; between two of them the GPU idles while the second is launched. Launched
 with CUDA's programmatic-stream-serialization attribute, a kernel may be scheduled while the kernel before it in the
-stream still runs. Each program then waits, first thing, until that kernel has finished and its writes are visible
-(``griddepcontrol.wait``), so no load or store of a kernel ever overlaps its predecessor: an op cannot know which
-kernel wrote its inputs, so nothing may be read before the wait. Having waited, it lets its own successor be
-scheduled, which then waits likewise. Waiting before any early return keeps the chain transitive: a kernel finishes
-only after its predecessor has.
+stream still runs. Each program then waits until that kernel has finished and its writes are visible
+(``griddepcontrol.wait``) before it reads any input: an op cannot know which kernel wrote its inputs. Having
+waited, it lets its own successor be scheduled, which then waits likewise. Waiting before any early return keeps
+the chain transitive: a kernel finishes only after its predecessor has.
+
+By the same chain, when one of these kernels starts right after another, every program of that predecessor has
+passed its own wait, so every kernel before the predecessor has finished: only the predecessor's writes can still
+be pending. The attention kernels use that to read a step's metadata (query_start_loc, seq_lens) before their wait,
+which takes the search for each program's sequence off the critical path. The runner writes the metadata before
+the model's first kernel, never in the kernel just before an attention launch (``unified_attention`` states this
+contract).
 
 Off (the default) the kernels compile without the instructions and launch as usual. The config row of a target that
 supports it (sm_90 and later) turns it on, where Triton can set the launch attribute (3.4 and later) and the driver
