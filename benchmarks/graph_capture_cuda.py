@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 NAMED = {
-    # The next experiment (the default): does the driver's hardware queue count change what a second graph costs?
+    # Does the driver's hardware queue count change what a second graph costs? No (raw/h200-graph-connections-35.txt).
     "connections": "2048/plain/8,2048/plain+conn1/8,2048/plain+conn32/8,2048/plain+conn1",
     # Does one graph holding every bucket behind conditional nodes run as fast as a process's only graph? Needs a
     # torch whose CUDAGraph has begin_capture_to_if_node (2.13 has it; 2.11, on the lent H200s in December 2026,
