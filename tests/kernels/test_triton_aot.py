@@ -90,3 +90,33 @@ def test_dependent_launch_is_compiled_in_from_hopper_on(arch):
         ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps}).asm["ptx"]
         assert ("griddepcontrol.wait" in ptx) == (arch >= 90), spec.name
         assert ("griddepcontrol.launch_dependents" in ptx) == (arch >= 90), spec.name
+
+
+# Global loads each kernel may issue before its dependent-launch wait: the attention kernels read the step's
+# metadata there (the search over query_start_loc, the sequence's query bounds and length; the merge its token
+# count), which the kernel just before them never writes (dependent_launch.py). Anything else must wait.
+_LOADS_BEFORE_WAIT = {"_unified_attention_kernel": 4, "_reduce_segments_kernel": 1}
+
+
+def test_nothing_but_metadata_is_read_before_the_wait():
+    """In every sm_90 build, no store or asynchronous copy precedes griddepcontrol.wait, and the only global loads
+    before it are the attention kernels' metadata loads: a K/V or query load moved above the wait would read what
+    the predecessor kernel may still be writing."""
+    import re
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from unifer.kernels.triton.configs import lookup
+
+    for spec in compile_check.kernel_specs(lookup("cuda", 90)):
+        fn = getattr(module(spec.module), spec.function)
+        signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
+        src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
+                        attrs=compile_check._jit_attrs(fn, signature))
+        options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        body = ptx[ptx.index(".entry"):]
+        before = body[:body.index("griddepcontrol.wait")]
+        assert not re.search(r"\bst\.global|\bcp\.async|\batom\.", before), f"{spec.name} writes before the wait"
+        loads = len(re.findall(r"\bld\.global", before))
+        assert loads <= _LOADS_BEFORE_WAIT.get(spec.function, 0), f"{spec.name}: {loads} loads before the wait"
