@@ -70,12 +70,23 @@ def test_builds_take_the_path_a_real_launch_takes():
     assert "cp.async" not in ptx({})  # the unaligned variant, which the check used to build
 
 
+def _spec_ptx(spec, arch: int) -> str:
+    """The PTX of one kernel spec, built for ``arch`` as the JIT specialises a real launch."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(module(spec.module), spec.function)
+    signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
+                    attrs=compile_check._jit_attrs(fn, signature))
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options).asm["ptx"]
+
+
 @pytest.mark.parametrize("arch", compile_check.CUDA_ARCHS)
 def test_dependent_launch_is_compiled_in_from_hopper_on(arch):
     """sm_90 and later rows turn programmatic dependent launch on: every kernel then opens with the grid-dependency
     wait and releases its successor; sm_80 has neither instruction, so its kernels must compile without them."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from unifer.kernels.triton.configs import lookup
 
     cfg = lookup("cuda", arch)
@@ -83,11 +94,7 @@ def test_dependent_launch_is_compiled_in_from_hopper_on(arch):
     for spec in compile_check.kernel_specs(cfg):
         if spec.function not in ("_rms_norm_kernel", "_reduce_segments_kernel"):
             continue
-        fn = getattr(module(spec.module), spec.function)
-        signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
-        src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
-                        attrs=compile_check._jit_attrs(fn, signature))
-        ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps}).asm["ptx"]
+        ptx = _spec_ptx(spec, arch)
         assert ("griddepcontrol.wait" in ptx) == (arch >= 90), spec.name
         assert ("griddepcontrol.launch_dependents" in ptx) == (arch >= 90), spec.name
 
@@ -104,18 +111,11 @@ def test_nothing_but_metadata_is_read_before_the_wait():
     the predecessor kernel may still be writing."""
     import re
 
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from unifer.kernels.triton.configs import lookup
 
     for spec in compile_check.kernel_specs(lookup("cuda", 90)):
-        fn = getattr(module(spec.module), spec.function)
-        signature = {a: spec.signature.get(a, "constexpr") for a in fn.arg_names}
-        src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs),
-                        attrs=compile_check._jit_attrs(fn, signature))
-        options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
-        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
-        body = ptx[ptx.index(".entry"):]
+        body = _spec_ptx(spec, 90)
+        body = body[body.index(".entry"):]
         before = body[:body.index("griddepcontrol.wait")]
         assert not re.search(r"\bst\.global|\bcp\.async|\batom\.", before), f"{spec.name} writes before the wait"
         loads = len(re.findall(r"\bld\.global", before))

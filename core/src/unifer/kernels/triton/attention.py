@@ -95,7 +95,7 @@ def _unified_attention_kernel(
     segment = tl.program_id(1)
 
     # The step's metadata is read before waiting on the predecessor kernel: it was written before the kernel ahead
-    # of that one (``paged_attention``'s contract), so the search overlaps the predecessor's tail.
+    # of that one (``unified_attention``'s contract), so the search overlaps the predecessor's tail.
     seq_idx = _find_seq_idx(query_start_ptr, q_block_global, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_ptr + seq_idx)
     q_stop = tl.load(query_start_ptr + seq_idx + 1)
