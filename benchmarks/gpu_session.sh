@@ -3,8 +3,8 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep captured profile graphs prefetch fusion pdl
-#   step step-ab eager warmup attention model conformance serve; none given: all but sweep, captured, profile,
-#   graphs, prefetch, step-ab and eager
+#   step step-ab eager mixed warmup attention model conformance serve; none given: all but sweep, captured,
+#   profile, graphs, prefetch, step-ab, eager and mixed
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
@@ -70,6 +70,9 @@ if want step-ab; then
 fi
 if want eager; then
   python3 benchmarks/eager_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/eager-step.txt"
+fi
+if want mixed; then
+  python3 benchmarks/mixed_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/mixed-step.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"

@@ -50,6 +50,11 @@ class EngineConfig(_Config):
         description="Decode batch sizes to capture a graph for (vLLM's cuda_graph_sizes). A decode batch is padded "
                     "to the next size; one above the largest runs eagerly, which is many times slower. Default: 1, "
                     "2, 4, 8, then every multiple of 8 up to max_num_seqs (at most 256)")
+    mixed_graph_sizes: list[int] | None = Field(
+        default=None, min_length=1,
+        description="Token counts to capture a graph for steps with prefill tokens (prefills, chunks, mixed with "
+                    "decodes). Such a step is padded to the next size; a larger one, and every one by default, "
+                    "runs eagerly")
     async_scheduling: bool | None = Field(
         default=None, description="Schedule and launch each step before reading the last one's tokens, so host "
                                   "work overlaps the device's. None: on where the backend has step events")
@@ -60,6 +65,10 @@ class EngineConfig(_Config):
             if not 0 < size <= self.scheduler.max_num_seqs:
                 raise ValueError(f"graph_batch_sizes has {size}: a decode batch holds 1 to max_num_seqs "
                                  f"({self.scheduler.max_num_seqs}) sequences")
+        for size in self.mixed_graph_sizes or ():
+            if not 0 < size <= self.scheduler.max_num_batched_tokens:
+                raise ValueError(f"mixed_graph_sizes has {size}: a step holds 1 to max_num_batched_tokens "
+                                 f"({self.scheduler.max_num_batched_tokens}) tokens")
         return self
 
     @model_validator(mode="after")

@@ -95,6 +95,9 @@ class LLMEngine:
         if graph_runner is not None:
             self.runner.capture_decode_graphs(graph_runner, config.scheduler.max_num_seqs, self.max_model_len,
                                               config.graph_batch_sizes)
+            if config.mixed_graph_sizes:
+                self.runner.capture_mixed_graphs(graph_runner, config.mixed_graph_sizes,
+                                                 config.scheduler.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.backend.ops)
         sched = config.scheduler
         self.backend.warm_up(runner=self.runner, sampler=self.sampler, max_model_len=self.max_model_len,

@@ -32,6 +32,7 @@ class LLM:
         gpu_memory_utilization: float | None = None,
         enforce_eager: bool = False,
         graph_batch_sizes: list[int] | None = None,
+        mixed_graph_sizes: list[int] | None = None,
         async_scheduling: bool | None = None,
     ) -> None:
         if gpu_memory_utilization is not None:  # vLLM's name for the same setting
@@ -45,6 +46,7 @@ class LLM:
             backend=backend,
             enforce_eager=enforce_eager,
             graph_batch_sizes=graph_batch_sizes,
+            mixed_graph_sizes=mixed_graph_sizes,
             async_scheduling=async_scheduling,
         )
         self.engine = LLMEngine(config)

@@ -53,6 +53,11 @@ class ModelRunner:
         # scheduling a replay's inputs are staged while the previous replay's copy may still be queued.
         self._host: list[tuple[torch.Tensor, dict[str, np.ndarray]]] = []
         self._turn = 0
+        # Steps with prefill tokens, when captured: token-count bucket -> replay returning the final hidden states.
+        self._mixed_graphs: dict[int, object] = {}
+        self._mixed: dict[str, torch.Tensor] = {}
+        self._mixed_host: list[tuple[torch.Tensor, dict[str, np.ndarray]]] = []
+        self._mixed_turn = 0
 
     # decode graphs --------------------------------------------------------------------------------------------
     @property
@@ -70,18 +75,9 @@ class ModelRunner:
         buckets = sorted(set(sizes)) if sizes else decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
-        # A replay's inputs live in one flat device buffer with two pinned host twins, so they go in one
-        # asynchronous copy. int64 part: the host's token ids, then the previous step's sampled tokens (a row per
-        # sequence), then positions, slots, and each row's source among the first two; int32 part: seq lens, table.
-        wide_len = 4 * top + max_num_seqs
-        num_bytes = 8 * wide_len + 4 * top * (1 + max_blocks)
-        pin = self.device.type != "cpu"
-        flat = torch.zeros(num_bytes, dtype=torch.uint8, device=self.device)
-        hosts = [torch.zeros(num_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
-        self._host = [(h, {k: v.numpy() for k, v in self._views(h, top, max_num_seqs, max_blocks).items()})
-                      for h in hosts]
-        st = self._static = self._views(flat, top, max_num_seqs, max_blocks)
-        st["flat"] = flat
+        st, self._host = self._static_inputs(top, max_num_seqs, max_blocks)
+        self._static = st
+        flat = st["flat"]
         st["query_start"] = torch.arange(top + 1, dtype=torch.int32, device=self.device)
         st["seq_lens"].fill_(1)
         self._rows = np.arange(top, dtype=np.int64)
@@ -94,14 +90,35 @@ class ModelRunner:
                 max_seq_len=max_model_len))
             self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
 
+    def _static_inputs(self, top: int, prev: int, max_blocks: int, seqs: int | None = None):
+        """A replay's inputs: one flat device buffer, so that they go in one asynchronous copy, and two pinned
+        host twins used in turn (under asynchronous scheduling a replay's inputs are staged while the previous
+        replay's copy may still be queued). Returns the device views (and "flat") and the twins' numpy views."""
+        num_bytes = 8 * (4 * top + prev + (seqs or 0))
+        num_bytes += 4 * (top * (1 + max_blocks) if seqs is None else 2 * seqs + 1 + seqs * max_blocks)
+        flat = torch.zeros(num_bytes, dtype=torch.uint8, device=self.device)
+        hosts = [torch.zeros(num_bytes, dtype=torch.uint8, pin_memory=self.device.type != "cpu") for _ in range(2)]
+        twins = [(h, {k: v.numpy() for k, v in self._views(h, top, prev, max_blocks, seqs).items()}) for h in hosts]
+        return {"flat": flat, **self._views(flat, top, prev, max_blocks, seqs)}, twins
+
     @staticmethod
-    def _views(flat: torch.Tensor, top: int, prev: int, max_blocks: int) -> dict[str, torch.Tensor]:
-        wide_len = 4 * top + prev
+    def _views(flat: torch.Tensor, top: int, prev: int, max_blocks: int,
+               seqs: int | None = None) -> dict[str, torch.Tensor]:
+        """int64: the host's token ids (``top``), the previous step's sampled tokens (``prev``), then positions,
+        slots and each token's source among the first two (``top`` each), then for a mixed step the tokens whose
+        logits are sampled (``seqs``). int32: a mixed step's query starts (``seqs`` + 1), then seq lens and the
+        block table, a row per sequence (a decode step's ``top`` rows)."""
+        wide_len = 4 * top + prev + (seqs or 0)
         wide = flat[:8 * wide_len].view(torch.int64)
         narrow = flat[8 * wide_len:].view(torch.int32)
-        rest = wide[top + prev:].view(3, top)
-        return {"tokens": wide[:top + prev], "prev": wide[top:top + prev], "positions": rest[0], "slots": rest[1],
-                "source": rest[2], "seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks)}
+        rest = wide[top + prev:top + prev + 3 * top].view(3, top)
+        views = {"tokens": wide[:top + prev], "prev": wide[top:top + prev], "positions": rest[0], "slots": rest[1],
+                 "source": rest[2]}
+        if seqs is None:
+            return views | {"seq_lens": narrow[:top], "block_table": narrow[top:].view(top, max_blocks)}
+        return views | {"sampled": wide[4 * top + prev:], "query_start": narrow[:seqs + 1],
+                        "seq_lens": narrow[seqs + 1:2 * seqs + 1],
+                        "block_table": narrow[2 * seqs + 1:].view(seqs, max_blocks)}
 
     def _decode_logits(self, b: int, metadata: AttentionMetadata) -> torch.Tensor:
         # Each row's token is gathered on the device, from the host's ids or the previous step's sampled tokens,
@@ -148,6 +165,76 @@ class ModelRunner:
             st["prev"][:rows].copy_(prev_tokens[:rows])
         return self._graphs[bucket]()[:n]
 
+    # mixed-step graphs ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture_mixed_graphs(self, graph_runner, sizes: list[int], max_num_seqs: int, max_model_len: int) -> None:
+        """Capture the forward pass of a step with prefill tokens for each token count in ``sizes``, over up to
+        ``max_num_seqs`` sequences; the LM head runs after the replay, on the rows that sample. A step pads its
+        tokens to the next size (padding tokens belong to no sequence and write no slot) and its sequences to
+        ``max_num_seqs`` (empty ones). The metadata claims the bucket as the longest query and ``max_model_len``
+        as the longest context: the attention launch it picks is valid for any step that fits."""
+        sizes = sorted(set(sizes))
+        max_blocks = -(-max_model_len // self.block_size)
+        st, self._mixed_host = self._static_inputs(sizes[-1], max_num_seqs, max_blocks, max_num_seqs)
+        self._mixed = st
+        st["slots"].fill_(-1)
+        for t in reversed(sizes):
+            metadata = self.backend.build_metadata(AttentionMetadata(
+                query_start_loc=st["query_start"], seq_lens=st["seq_lens"], block_table=st["block_table"],
+                slot_mapping=st["slots"][:t], max_query_len=t, max_seq_len=max_model_len))
+            self._mixed_graphs[t] = graph_runner.capture(functools.partial(self._mixed_hidden, t, metadata))
+
+    def _mixed_hidden(self, t: int, metadata: AttentionMetadata) -> torch.Tensor:
+        st = self._mixed
+        return self.model(st["tokens"][st["source"][:t]], st["positions"][:t], self.kv_caches, metadata)
+
+    def _replay_mixed(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
+        total = sum(n for _, _, n, _, _ in batch)
+        bucket = next((t for t in sorted(self._mixed_graphs) if t >= total), None)
+        st = self._mixed
+        if bucket is None or len(batch) > st["seq_lens"].shape[0]:
+            return None
+        host, view = self._mixed_host[self._mixed_turn]  # last copied two mixed steps ago (see _replay_decode)
+        self._mixed_turn ^= 1
+        top = view["positions"].shape[0]
+        ids, pos, slots, source = (view[k] for k in ("tokens", "positions", "slots", "source"))
+        query_start, seq_lens, table = view["query_start"], view["seq_lens"], view["block_table"]
+        ids[:top].fill(0)
+        pos.fill(0)
+        slots.fill(-1)  # padding tokens write nothing
+        source[:] = np.arange(top)
+        seq_lens.fill(0)  # padding sequences are empty
+        query_start.fill(total)
+        query_start[0] = 0
+        table[:len(batch)].fill(0)
+        bs = self.block_size
+        lo = num_sampled = 0
+        for i, (tokens, start, n, blocks, samples) in enumerate(batch):
+            hi = lo + n
+            row = np.asarray(tokens[start:start + n], dtype=np.int64)
+            ids[lo:hi] = np.maximum(row, 0)
+            # A placeholder -(j + 1) takes row j of the previous step's tokens, copied into "prev" below.
+            source[lo:hi] = np.where(row < 0, top - 1 - row, source[lo:hi])
+            p = np.arange(start, start + n)
+            pos[lo:hi] = p
+            table[i, :len(blocks)] = blocks
+            slots[lo:hi] = table[i, p // bs].astype(np.int64) * bs + p % bs
+            seq_lens[i] = start + n
+            query_start[i + 1] = hi
+            if samples:
+                view["sampled"][num_sampled] = hi - 1
+                num_sampled += 1
+            lo = hi
+        used = table[len(batch):].ctypes.data - view["tokens"].ctypes.data  # all but the rows past the batch
+        st["flat"][:used].copy_(host[:used], non_blocking=True)
+        if prev_tokens is not None:
+            rows = min(prev_tokens.shape[0], st["prev"].shape[0])
+            st["prev"][:rows].copy_(prev_tokens[:rows])
+        hidden = self._mixed_graphs[bucket]()
+        # The rows that sample, each its sequence's last token, indexed on the device: no host wait.
+        sampled = st["sampled"][:num_sampled]
+        return self.model.compute_logits(hidden[sampled])
+
     def _to_device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=self.device, dtype=dtype, non_blocking=True)
 
@@ -161,6 +248,10 @@ class ModelRunner:
         the device that the host has not read yet (asynchronous scheduling)."""
         if self._graphs and all(n == 1 and samples for _, _, n, _, samples in batch):
             logits = self._replay_decode(batch, prev_tokens)
+            if logits is not None:
+                return logits
+        if self._mixed_graphs:  # also takes a decode batch above the largest decode bucket
+            logits = self._replay_mixed(batch, prev_tokens)
             if logits is not None:
                 return logits
         bs = self.block_size

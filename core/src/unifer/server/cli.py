@@ -42,6 +42,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    default=None, metavar="N",
                    help="decode batch sizes to capture graphs for (default: 1 2 4 8 16 ... up to --max-num-seqs, "
                         "at most 256); a larger decode batch runs eagerly, many times slower")
+    p.add_argument("--mixed-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="token counts to capture graphs for steps with prefill tokens (default: none, those steps "
+                        "run eagerly); a step is padded to the next size, a larger one runs eagerly")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="launch each step before reading the last one's tokens (default: where the backend can)")
     p.add_argument("--max-cache-bytes", type=int, default=None)
@@ -67,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
         backend=args.backend, enforce_eager=args.enforce_eager, graph_batch_sizes=args.graph_batch_sizes,
-        async_scheduling=args.async_scheduling)
+        mixed_graph_sizes=args.mixed_graph_sizes, async_scheduling=args.async_scheduling)
     engine = AsyncLLMEngine(LLMEngine(config), max_waiting=args.max_waiting)
     api_key = args.api_key or os.environ.get("UNIFER_API_KEY") or None
     app = build_app(engine, args.served_model_name or args.model, api_key=api_key,
