@@ -72,16 +72,19 @@ def test_graph_batch_sizes(checkpoint_factory, monkeypatch, sizes, replayed):
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
 
 
-@pytest.mark.parametrize("sizes", [[], [0], [4, 13]])
-def test_graph_batch_sizes_rejected(tmp_path, sizes):
+@pytest.mark.parametrize("field, sizes", [("graph_batch_sizes", []), ("graph_batch_sizes", [0]),
+                                          ("graph_batch_sizes", [4, 13]), ("mixed_graph_sizes", []),
+                                          ("mixed_graph_sizes", [0]), ("mixed_graph_sizes", [64, 4097])])
+def test_graph_sizes_rejected(tmp_path, field, sizes):
+    # max_num_seqs 12 bounds a decode bucket, max_num_batched_tokens 4096 a mixed one.
     from unifer.config import EngineConfig, ModelConfig, SchedulerConfig
 
-    with pytest.raises(ValueError, match="graph_batch_sizes"):
-        EngineConfig(model=ModelConfig(model=str(tmp_path)), scheduler=SchedulerConfig(max_num_seqs=12),
-                     graph_batch_sizes=sizes)
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(model=ModelConfig(model=str(tmp_path)),
+                     scheduler=SchedulerConfig(max_num_seqs=12, max_num_batched_tokens=4096), **{field: sizes})
 
 
-def test_serve_parses_graph_batch_sizes():
+def test_serve_parses_graph_sizes():
     import argparse
 
     from unifer.server.cli import add_serve_parser
@@ -91,4 +94,6 @@ def test_serve_parses_graph_batch_sizes():
     parser = sub.choices["serve"]
     assert parser.parse_args(["m", "--graph-batch-sizes", "1", "2"]).graph_batch_sizes == [1, 2]
     assert parser.parse_args(["m", "--cuda-graph-sizes", "1"]).graph_batch_sizes == [1]
-    assert parser.parse_args(["m"]).graph_batch_sizes is None
+    assert parser.parse_args(["m", "--mixed-graph-sizes", "64", "256"]).mixed_graph_sizes == [64, 256]
+    args = parser.parse_args(["m"])
+    assert args.graph_batch_sizes is None and args.mixed_graph_sizes is None

@@ -68,27 +68,6 @@ def test_no_mixed_graphs_by_default(checkpoint_factory, mixed_replays):
     assert llm.engine.runner._mixed_graphs == {} and mixed_replays == []
 
 
-@pytest.mark.parametrize("sizes", [[], [0], [64, 4097]])
-def test_mixed_graph_sizes_rejected(tmp_path, sizes):
-    from unifer.config import EngineConfig, ModelConfig, SchedulerConfig
-
-    with pytest.raises(ValueError, match="mixed_graph_sizes"):
-        EngineConfig(model=ModelConfig(model=str(tmp_path)), scheduler=SchedulerConfig(max_num_batched_tokens=4096),
-                     mixed_graph_sizes=sizes)
-
-
-def test_serve_parses_mixed_graph_sizes():
-    import argparse
-
-    from unifer.server.cli import add_serve_parser
-
-    sub = argparse.ArgumentParser().add_subparsers()
-    add_serve_parser(sub)
-    parser = sub.choices["serve"]
-    assert parser.parse_args(["m", "--mixed-graph-sizes", "64", "256"]).mixed_graph_sizes == [64, 256]
-    assert parser.parse_args(["m"]).mixed_graph_sizes is None
-
-
 def test_mixed_step_buffers_and_logits(checkpoint_factory, mixed_replays):
     """One step by hand: a 10-token prefill chunk and a decode whose token is a placeholder. The static metadata
     is what the Triton attention needs (query starts non-decreasing, padding sequences empty at the end, padding
