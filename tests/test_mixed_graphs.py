@@ -91,3 +91,15 @@ def test_mixed_step_buffers_and_logits(checkpoint_factory, mixed_replays):
     runner._mixed_graphs = {}
     eager = runner.execute([(list(range(20, 30)), 0, 10, [1], True), ([11, 12, 13, 14, 15, 42], 5, 1, [2], True)])
     torch.testing.assert_close(logits, eager)
+
+
+def test_warm_up_bypasses_the_graphs(checkpoint_factory, mixed_replays):
+    """The Triton warm-up compiles the eager steps' attention variants; routed through a graph it would compile
+    nothing of them."""
+    from unifer.kernels.triton.warmup import warm_up
+
+    folder = checkpoint_factory("LlamaForCausalLM")
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, mixed_graph_sizes=[64])
+    steps = warm_up(llm.engine.runner, max_num_batched_tokens=64, max_num_seqs=4,
+                    max_model_len=llm.engine.max_model_len)
+    assert steps > 0 and mixed_replays == []

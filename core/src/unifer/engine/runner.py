@@ -240,17 +240,17 @@ class ModelRunner:
 
     @_no_grad
     def execute(self, batch: list[tuple[list[int], int, int, list[int], bool]],
-                prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                prev_tokens: torch.Tensor | None = None, *, eager: bool = False) -> torch.Tensor:
         """Run one step. ``batch`` rows: (all token ids, start, num_new_tokens, block ids, samples).
-        Returns float32 logits for the rows that sample, in batch order.
+        Returns float32 logits for the rows that sample, in batch order. ``eager``: bypass the captured graphs.
 
         A negative token id -(j + 1) stands for row j of ``prev_tokens``: a token the previous step sampled on
         the device that the host has not read yet (asynchronous scheduling)."""
-        if self._graphs and all(n == 1 and samples for _, _, n, _, samples in batch):
+        if self._graphs and not eager and all(n == 1 and samples for _, _, n, _, samples in batch):
             logits = self._replay_decode(batch, prev_tokens)
             if logits is not None:
                 return logits
-        if self._mixed_graphs:  # also takes a decode batch above the largest decode bucket
+        if self._mixed_graphs and not eager:  # also takes a decode batch above the largest decode bucket
             logits = self._replay_mixed(batch, prev_tokens)
             if logits is not None:
                 return logits

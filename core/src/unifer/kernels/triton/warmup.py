@@ -7,7 +7,7 @@ attention kernel has one per launch kind (decode only, or with prefill tokens) a
 compiles the unsplit prefill kind and decode-graph capture the decode kind at each bucket's count; ``warm_up``
 runs one small step for each pair that steps within the engine's limits can reach, through the engine's own
 runner, so the variants compiled are the ones serving will look up. Its steps read and write only the null block
-(block 0), which real steps read only under a mask, and sample nothing.
+(block 0), which real steps read only under a mask, sample nothing, and run eagerly, past any captured graph.
 """
 
 from __future__ import annotations
@@ -56,6 +56,6 @@ def warm_up(runner, *, max_num_batched_tokens: int, max_num_seqs: int, max_model
         ids = [0] * context
         blocks = [0] * -(-context // runner.block_size)
         new = [1] * seqs if decode else [2] + [1] * (seqs - 1)
-        # samples=False for every row: a decode-only step would otherwise replay a captured graph.
-        runner.execute([(ids, context - n, n, blocks, False) for n in new])
+        # Eager: a captured graph would replay its own launch, not compile this one.
+        runner.execute([(ids, context - n, n, blocks, False) for n in new], eager=True)
     return len(variants)
