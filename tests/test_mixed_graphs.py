@@ -68,22 +68,25 @@ def test_no_mixed_graphs_by_default(checkpoint_factory, mixed_replays):
     assert llm.engine.runner._mixed_graphs == {} and mixed_replays == []
 
 
-def test_mixed_step_buffers_and_logits(checkpoint_factory, mixed_replays):
+@pytest.mark.parametrize("max_num_seqs", [4, 2])
+def test_mixed_step_buffers_and_logits(checkpoint_factory, mixed_replays, max_num_seqs):
     """One step by hand: a 10-token prefill chunk and a decode whose token is a placeholder. The static metadata
     is what the Triton attention needs (query starts non-decreasing, padding sequences empty at the end, padding
-    tokens writing no slot), and the logits are those of the eager path on the same step."""
+    tokens writing no slot), and the logits are those of the eager path on the same step. At max_num_seqs 2 the
+    batch fills every block-table row, which must still be sent."""
     import torch
 
     folder = checkpoint_factory("LlamaForCausalLM")
-    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=4, mixed_graph_sizes=[16])
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=max_num_seqs, mixed_graph_sizes=[16])
     runner, bs = llm.engine.runner, llm.engine.kv.block_size
     batch = [(list(range(20, 30)), 0, 10, [1], True), ([11, 12, 13, 14, 15, -1], 5, 1, [2], True)]
     prev = torch.tensor([42])
     logits = runner.execute(batch, prev_tokens=prev)
     assert mixed_replays == [True]
     st = runner._mixed
-    assert st["query_start"].tolist() == [0, 10, 11, 11, 11]
-    assert st["seq_lens"].tolist() == [10, 6, 0, 0]
+    assert st["query_start"].tolist() == [0, 10, 11, 11, 11][:max_num_seqs + 1]
+    assert st["seq_lens"].tolist() == [10, 6, 0, 0][:max_num_seqs]
+    assert st["block_table"][:2, :1].tolist() == [[1], [2]]
     assert st["slots"][:11].tolist() == [bs + i for i in range(10)] + [2 * bs + 5]
     assert (st["slots"][11:] == -1).all()
     assert st["sampled"][:2].tolist() == [9, 10]

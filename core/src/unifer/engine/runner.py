@@ -48,7 +48,6 @@ class ModelRunner:
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         self._static: dict[str, torch.Tensor] = {}
         self._rows = np.zeros(0, dtype=np.int64)  # 0 .. top - 1: every row's own host id, as its default source
-        self._table_start = 0  # byte offset of the block table in the flat input buffer
         # Two pinned host twins of _static's flat buffer (and their numpy views), used in turn: under asynchronous
         # scheduling a replay's inputs are staged while the previous replay's copy may still be queued.
         self._host: list[tuple[torch.Tensor, dict[str, np.ndarray]]] = []
@@ -77,11 +76,9 @@ class ModelRunner:
         max_blocks = -(-max_model_len // self.block_size)
         st, self._host = self._static_inputs(top, max_num_seqs, max_blocks)
         self._static = st
-        flat = st["flat"]
         st["query_start"] = torch.arange(top + 1, dtype=torch.int32, device=self.device)
         st["seq_lens"].fill_(1)
         self._rows = np.arange(top, dtype=np.int64)
-        self._table_start = st["block_table"].data_ptr() - flat.data_ptr()
         st["source"].copy_(torch.from_numpy(self._rows))
         for b in reversed(buckets):
             metadata = self.backend.build_metadata(AttentionMetadata(
@@ -158,12 +155,19 @@ class ModelRunner:
             pos[i], seq_lens[i] = start, start + 1
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
-        used = self._table_start + table.nbytes  # all but the table rows past the bucket
+        self._send(st, host, view, bucket, prev_tokens)
+        return self._graphs[bucket]()[:n]
+
+    @staticmethod
+    def _send(st: dict, host: torch.Tensor, view: dict, table_rows: int, prev_tokens: torch.Tensor | None) -> None:
+        """Queue the staged host twin's copy into the flat device buffer, in one asynchronous copy that leaves out
+        the block-table rows past ``table_rows``, then the previous step's sampled tokens (device to device)."""
+        table = view["block_table"]  # (an empty slice's ctypes.data is its base's, so no table[rows:] here)
+        used = table.ctypes.data - view["tokens"].ctypes.data + table_rows * table.strides[0]
         st["flat"][:used].copy_(host[:used], non_blocking=True)
         if prev_tokens is not None:  # a placeholder names a sequence's row; rows past max_num_seqs are padding
             rows = min(prev_tokens.shape[0], st["prev"].shape[0])
             st["prev"][:rows].copy_(prev_tokens[:rows])
-        return self._graphs[bucket]()[:n]
 
     # mixed-step graphs ----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -225,11 +229,7 @@ class ModelRunner:
                 view["sampled"][num_sampled] = hi - 1
                 num_sampled += 1
             lo = hi
-        used = table[len(batch):].ctypes.data - view["tokens"].ctypes.data  # all but the rows past the batch
-        st["flat"][:used].copy_(host[:used], non_blocking=True)
-        if prev_tokens is not None:
-            rows = min(prev_tokens.shape[0], st["prev"].shape[0])
-            st["prev"][:rows].copy_(prev_tokens[:rows])
+        self._send(st, host, view, len(batch), prev_tokens)
         hidden = self._mixed_graphs[bucket]()
         # The rows that sample, each its sequence's last token, indexed on the device: no host wait.
         sampled = st["sampled"][:num_sampled]

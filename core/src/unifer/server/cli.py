@@ -37,7 +37,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks (default: from memory)")
     p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float, default=0.9,
                    help="share of device memory the engine may use (weights, activations, KV cache)")
-    p.add_argument("--enforce-eager", action="store_true", help="never capture decode graphs")
+    p.add_argument("--enforce-eager", action="store_true", help="never capture or replay graphs")
     p.add_argument("--graph-batch-sizes", "--cuda-graph-sizes", dest="graph_batch_sizes", type=int, nargs="+",
                    default=None, metavar="N",
                    help="decode batch sizes to capture graphs for (default: 1 2 4 8 16 ... up to --max-num-seqs, "
