@@ -361,42 +361,43 @@ def run_benchmarks(device: str) -> None:
 
 
 def sweep(device: str) -> None:
-    """Decode launch variants (tile, stages, warps, cache layout) x split-KV segment counts, graph-timed, one
-    table: the data the decode rows of the configs table and ``choose_num_segments`` are chosen from."""
+    """Decode launch variants (tile, stages, warps) x split-KV segment counts, timed as graph replays with a cold
+    L2 (as ``run_benchmarks``), one table: the data the decode rows of the configs table and
+    ``choose_num_segments`` are chosen from. '*' marks each row's best, '^' the count the current config picks."""
     from dataclasses import replace
 
+    from unifer.kernels.triton.configs import attention_launch, choose_num_segments
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     base = current_configs(torch.device(device)).attention
-    # NHD: the Backend's default cache layout, [blocks, block_size, KV heads, D] in memory; HND: the same logical
-    # tensor stored [blocks, KV heads, block_size, D] (strides permuted), so one head's block is contiguous.
     variants = {
-        "t128s2w4": (replace(base, tile_decode=128, num_stages=2, num_warps=4), "NHD"),
-        "t128s2w4H": (replace(base, tile_decode=128, num_stages=2, num_warps=4), "HND"),
-        "t128s3w4": (replace(base, tile_decode=128, num_stages=3, num_warps=4), "NHD"),
-        "t128s2w8": (replace(base, tile_decode=128, num_stages=2, num_warps=8), "NHD"),
-        "t256s2w4": (replace(base, tile_decode=256, num_stages=2, num_warps=4), "NHD"),
-        "t256s2w8H": (replace(base, tile_decode=256, num_stages=2, num_warps=8), "HND"),
+        f"t{tile}s{stages}w{warps}": replace(base, tile_decode=tile, num_stages=stages, num_warps=warps)
+        for tile, stages, warps in ((64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 4), (128, 4, 4), (256, 2, 8))
     }
-    segments = (1, 4, 8, 16, 32, 64)
+    segments = (1, 2, 4, 8, 16, 32, 64)
     copy_bw = copy_bandwidth(device)
-    print(f"\nsplit-KV sweep (ms, graph replay; best per row marked *), copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    print(f"\nsplit-KV sweep (ms, graph replays, cold L2; best per row *, current pick ^), copy bandwidth "
+          f"{copy_bw / 1e9:.0f} GB/s")
     cells = "".join(f"{'seg ' + str(s):>9}" for s in segments)
     print(f"{'batch':>5}{'ctx':>7}{'variant':>10}{cells}  best %copy")
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
             q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
-            hnd = cache.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)
             kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            for name, (cfg, layout) in variants.items():
-                c = hnd if layout == "HND" else cache
-                times = [bench_graph(lambda s=s, q=q, c=c, md=md, cfg=cfg: att.unified_attention(
-                    q, c, md, scale=HEAD_DIM**-0.5, num_segments=s, config=cfg)) for s in segments]
+            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
+            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+            for name, cfg in variants.items():
+                tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
+                pick = choose_num_segments(batch, ctx, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
+                times = [bench_graph(lambda s=s, q=q, cs=caches, md=md, cfg=cfg: [att.unified_attention(
+                    q, c, md, scale=HEAD_DIM**-0.5, num_segments=s, config=cfg) for c in cs]) / n for s in segments]
                 best = min(times)
-                cells = "".join(f"{t:>8.4f}{'*' if t == best else ' '}" for t in times)
+                cells = "".join(f"{t:>7.4f}{'*' if t == best else ' '}{'^' if s == pick else ' '}"
+                                for s, t in zip(segments, times, strict=True))
                 print(f"{batch:>5}{ctx:>7}{name:>10}{cells}  {100 * kv_bytes / (best * 1e-3) / copy_bw:>5.0f}%")
-            del q, cache, md, hnd
+            del q, cache, md, caches
 
 
 def captured(device: str) -> None:
