@@ -13,6 +13,7 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
     python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
+    python benchmarks/attention_cuda.py --variants   # config variants against the current row, interleaved
 """
 
 from __future__ import annotations
@@ -400,6 +401,44 @@ def sweep(device: str) -> None:
             del q, cache, md, caches
 
 
+def variants(device: str) -> None:
+    """Config variants against the current row, each at the segment count the heuristic fits, timed as the decode
+    table times them (graph replays, cold L2) and interleaved (three rounds, best kept): the data for switching one
+    on. Every variant's output is checked against the current row's first."""
+    from dataclasses import replace
+
+    from unifer.kernels.triton.util import current_configs
+
+    att = module("attention")
+    base = current_configs(torch.device(device)).attention
+    rows = {"current": base, **{f"prefetch {n}": replace(base, prefetch_tiles=n) for n in (1, 2)}}
+    copy_bw = copy_bandwidth(device)
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    print(f"\nconfig variants (ms, graph replays, cold L2, best of 3 interleaved rounds; ratio: current / variant), "
+          f"copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>22}" for name in rows))
+    for batch in (1, 8, 64):
+        for ctx in (1024, 4096, 16384):
+            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
+            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
+            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+            want = att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=base).float()
+            for name, cfg in rows.items():
+                err = (att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=cfg).float() - want).abs().max()
+                assert err.item() < 2e-2, f"{name} at batch {batch} x {ctx} differs from the current row by {err}"
+            best = dict.fromkeys(rows, float("inf"))
+            for _ in range(3):
+                for name, cfg in rows.items():
+                    t = bench_graph(lambda cfg=cfg, q=q, md=md, cs=caches: [
+                        att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, config=cfg) for c in cs]) / n
+                    best[name] = min(best[name], t)
+            cells = "".join(f"{t:>9.4f} {100 * kv_bytes / (t * 1e-3) / copy_bw:>4.0f}% {best['current'] / t:>5.3f}"
+                            for t in best.values())
+            print(f"{batch:>5}{ctx:>7}{cells}")
+            del caches
+
+
 def captured(device: str) -> None:
     """Decode attention as a CUDA graph runs it: the runner captures each batch bucket with the segment count of
     the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
@@ -448,6 +487,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
     parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
+    parser.add_argument("--variants", action="store_true",
+                        help="time config variants against the current config row only")
     parser.add_argument("--captured", action="store_true",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only")
     parser.add_argument(
@@ -471,6 +512,9 @@ def main() -> int:
         return 0
     if args.sweep:
         sweep(args.device)
+        return 0
+    if args.variants:
+        variants(args.device)
         return 0
     run_benchmarks(args.device)
     return 0

@@ -2,9 +2,11 @@
 and per graph replay, against the roofline (weight bytes / copy bandwidth measured in the same run). Llama-3.2-1B
 shape, bf16, random weights; best of ``--rounds`` rounds of 256 steps.
 
-    python benchmarks/engine_step_cuda.py [--rounds 3] [--max-model-len 2048]
+    python benchmarks/engine_step_cuda.py [--rounds 3] [--max-model-len 2048] [--attention FIELD=N ...]
 
 ``--max-model-len`` sets the context the decode graphs are captured for, and so their split-KV segment count.
+``--attention`` sets integer fields of the device's attention config row for this process, for A/B runs of
+config variants.
 """
 
 from __future__ import annotations
@@ -17,11 +19,27 @@ import torch
 from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
 
 
+def set_attention_fields(fields: dict[str, str]) -> None:
+    """Re-register the current device's config row with these attention fields set (before any kernel runs)."""
+    from dataclasses import replace
+
+    from triton.runtime import driver
+    from unifer.kernels.triton import configs
+
+    target = driver.active.get_current_target()
+    row = configs.lookup(target.backend, target.arch)
+    attention = replace(row.attention, **{k: int(v) for k, v in fields.items()})
+    configs.register(target.backend, target.arch, replace(row, attention=attention))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--attention", nargs="*", default=[], metavar="FIELD=N")
     args = ap.parse_args()
+    if args.attention:
+        set_attention_fields(dict(field.split("=") for field in args.attention))
     import unifer
     from unifer import LLM
 
@@ -33,7 +51,7 @@ def main() -> None:
     step = min(s for s, _ in rounds)
     replay = min(r for _, r in rounds)
     print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}; "
-          f"max_model_len {args.max_model_len}")
+          f"max_model_len {args.max_model_len}; attention {' '.join(args.attention) or 'as configured'}")
     print(f"batch-1 decode: roofline {roofline:.3f} ms; engine step {step:.4f} ms ({roofline / step:.1%}), graph "
           f"replay {replay:.4f} ms ({roofline / replay:.1%}); step - replay {1e3 * (step - replay):.1f} us; rounds "
           + ", ".join(f"{s:.4f}" for s, _ in rounds))
