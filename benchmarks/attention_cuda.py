@@ -13,7 +13,8 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
     python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
-    python benchmarks/attention_cuda.py --variants   # config variants against the current row, interleaved
+    python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
+                                                     # config variants against the current row, interleaved
 """
 
 from __future__ import annotations
@@ -401,17 +402,20 @@ def sweep(device: str) -> None:
             del q, cache, md, caches
 
 
-def variants(device: str) -> None:
-    """Config variants against the current row, each at the segment count the heuristic fits, timed as the decode
-    table times them (graph replays, cold L2) and interleaved (three rounds, best kept): the data for switching one
-    on. Every variant's output is checked against the current row's first."""
+def variants(device: str, specs: list[str]) -> None:
+    """Config variants (each "field=N[,field=N...]" of the attention config) against the current row, each at the
+    segment count the heuristic fits, timed as the decode table times them (graph replays, cold L2) and interleaved
+    (three rounds, best kept): the data for switching one on. Every variant's output is checked against the current
+    row's first."""
     from dataclasses import replace
 
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     base = current_configs(torch.device(device)).attention
-    rows = {"current": base, **{f"prefetch {n}": replace(base, prefetch_tiles=n) for n in (1, 2)}}
+    rows = {"current": base}
+    for spec in specs:
+        rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
     copy_bw = copy_bandwidth(device)
     l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     print(f"\nconfig variants (ms, graph replays, cold L2, best of 3 interleaved rounds; ratio: current / variant), "
@@ -487,8 +491,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-only", action="store_true", help="run the correctness pre-check only")
     parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
-    parser.add_argument("--variants", action="store_true",
-                        help="time config variants against the current config row only")
+    parser.add_argument("--variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
+                        help="time these attention config variants against the current config row only")
     parser.add_argument("--captured", action="store_true",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only")
     parser.add_argument(
@@ -514,7 +518,7 @@ def main() -> int:
         sweep(args.device)
         return 0
     if args.variants:
-        variants(args.device)
+        variants(args.device, args.variants)
         return 0
     run_benchmarks(args.device)
     return 0

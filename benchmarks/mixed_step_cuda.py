@@ -33,8 +33,10 @@ def measure(folder: Path, args, mixed_graph_sizes) -> tuple[float, float]:
     """(median ms of a step admitting a prompt, median ms of a pure decode step)."""
     from unifer import LLM, SamplingParams
 
-    llm = LLM(model=str(folder), backend=args.backend, dtype=args.dtype, max_model_len=2048, max_num_seqs=16,
-              max_num_batched_tokens=2048, mixed_graph_sizes=mixed_graph_sizes)
+    # Room for every decoding request and the admitted prompt: a prompt left waiting would time a decode step.
+    llm = LLM(model=str(folder), backend=args.backend, dtype=args.dtype, max_model_len=2048,
+              max_num_seqs=max(16, args.decoding + 1), max_num_batched_tokens=2048,
+              mixed_graph_sizes=mixed_graph_sizes)
     engine = llm.engine
     sync = torch.cuda.synchronize if args.backend == "cuda" else (lambda: None)
     long = SamplingParams(max_tokens=4096, temperature=0.0, ignore_eos=True)
@@ -48,6 +50,7 @@ def measure(folder: Path, args, mixed_graph_sizes) -> tuple[float, float]:
         engine.add_request(f"prompt{j}", {"prompt_token_ids": [(7 * j + k) % 1000 + 4 for k in range(args.prompt)]},
                            SamplingParams(max_tokens=1, temperature=0.0))
         mixed.append(timed_step(engine, sync))
+        assert engine.scheduler.num_waiting == 0, "the prompt was not admitted in its step"
         for _ in range(2):  # the prompt's token comes out one step late under asynchronous scheduling
             timed_step(engine, sync)
     replays = len(engine.runner._mixed_graphs)

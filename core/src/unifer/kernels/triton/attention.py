@@ -33,14 +33,6 @@ def _tanh(x):
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    # A hint, not a read: the line is fetched into L2, the device's point of coherence, so a write by the kernel
-    # still running lands there too and a later load never sees a stale line.
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
     """The last sequence i whose first query block (query_start[i] // BLOCK_Q + i) is <= target."""
     left = 0
@@ -92,7 +84,6 @@ def _unified_attention_kernel(
     USE_SOFT_CAP: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     NUM_SEGMENTS: tl.constexpr,
-    PREFETCH_TILES: tl.constexpr,
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
     PDL: tl.constexpr,
@@ -109,9 +100,26 @@ def _unified_attention_kernel(
     q_start = tl.load(query_start_ptr + seq_idx)
     q_stop = tl.load(query_start_ptr + seq_idx + 1)
     seq_len = tl.load(seq_lens_ptr + seq_idx)
+    wait_for_predecessor(PDL)
     q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
     query_len = q_stop - q_start
+    if q_block * BLOCK_Q >= query_len:
+        return
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_PAD)
+    offs_t = tl.arange(0, TILE)
+    query_pos = q_block * BLOCK_Q + offs_m // GROUP  # index among this sequence's new tokens
+    head = kv_head * GROUP + offs_m % GROUP
+    dim_mask = offs_d < HEAD_DIM
+    row_mask = (query_pos < query_len) & (offs_m < BLOCK_Q * GROUP)
+    tok = (q_start + query_pos).to(tl.int64)
+
+    q_offs = tok[:, None] * q_stride0 + head[:, None] * q_stride1 + offs_d[None, :]
+    q = tl.load(q_ptr + q_offs, mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+
     context_len = seq_len - query_len
+    q_abs = context_len + query_pos  # absolute position of each row's token
     # KV range any row of this block may see: [kv_begin, kv_end).
     last_row_pos = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, query_len) - 1
     kv_end = tl.minimum(last_row_pos + 1, seq_len)
@@ -124,41 +132,12 @@ def _unified_attention_kernel(
         per_segment = tl.cdiv(tile_end - tile_begin, NUM_SEGMENTS)
         tile_begin = tile_begin + segment * per_segment
         tile_end = tl.minimum(tile_begin + per_segment, tile_end)
-    offs_t = tl.arange(0, TILE)
-    offs_d = tl.arange(0, HEAD_PAD)
-    bt_row = block_table_ptr + seq_idx.to(tl.int64) * bt_stride0
-    kv_head_off = kv_head.to(tl.int64) * kv_stride3
-    if PDL and PREFETCH_TILES > 0:
-        # While the predecessor finishes, pull the first K/V tiles into L2 (their addresses come from the block
-        # table, metadata like the above), so the loop's first loads after the wait hit L2 instead of DRAM.
-        LINE: tl.constexpr = 128 // (kv_ptr.dtype.element_ty.primitive_bitwidth // 8)
-        offs_line = tl.arange(0, (HEAD_PAD + LINE - 1) // LINE) * LINE
-        for i in tl.static_range(PREFETCH_TILES):
-            k_pos = (tile_begin + i) * TILE + offs_t
-            valid = (k_pos < kv_end) & (tile_begin + i < tile_end)
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-            slot = page * kv_stride1 + (k_pos % BLOCK_SIZE).to(tl.int64) * kv_stride2 + kv_head_off
-            line = tl.where(valid[:, None] & (offs_line < HEAD_DIM)[None, :], slot[:, None] + offs_line[None, :], 0)
-            _prefetch_l2(kv_ptr + line)
-            _prefetch_l2(kv_ptr + kv_stride0 + line)
-    wait_for_predecessor(PDL)
-    if q_block * BLOCK_Q >= query_len:
-        return
-
-    offs_m = tl.arange(0, BLOCK_M)
-    query_pos = q_block * BLOCK_Q + offs_m // GROUP  # index among this sequence's new tokens
-    head = kv_head * GROUP + offs_m % GROUP
-    dim_mask = offs_d < HEAD_DIM
-    row_mask = (query_pos < query_len) & (offs_m < BLOCK_Q * GROUP)
-    tok = (q_start + query_pos).to(tl.int64)
-
-    q_offs = tok[:, None] * q_stride0 + head[:, None] * q_stride1 + offs_d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-    q_abs = context_len + query_pos  # absolute position of each row's token
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], ACC)
+    bt_row = block_table_ptr + seq_idx.to(tl.int64) * bt_stride0
+    kv_head_off = kv_head.to(tl.int64) * kv_stride3
     for t in range(tile_begin, tile_end):
         k_pos = t * TILE + offs_t
         k_valid = k_pos < kv_end
@@ -329,7 +308,6 @@ def unified_attention(
         USE_SOFT_CAP=bool(soft_cap),
         USE_WINDOW=bool(sliding_window),
         NUM_SEGMENTS=num_segments,
-        PREFETCH_TILES=cfg.prefetch_tiles,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         **pdl,

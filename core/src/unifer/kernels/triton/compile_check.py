@@ -133,7 +133,6 @@ def _attention_spec(
         USE_SOFT_CAP=soft_cap,
         USE_WINDOW=window,
         NUM_SEGMENTS=segments,
-        PREFETCH_TILES=configs.attention.prefetch_tiles,
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
         PDL=configs.dependent_launch,

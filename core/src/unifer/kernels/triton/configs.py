@@ -34,8 +34,6 @@ class AttentionConfig:
     # saturate memory without paying the merge for many near-empty segments.
     split_target_programs: int = 0
     reduce_num_warps: int = 4
-    # With dependent launch: K/V tiles each program prefetches into L2 before waiting on the predecessor kernel.
-    prefetch_tiles: int = 0
 
 
 @dataclass(frozen=True)
