@@ -27,6 +27,7 @@ import torch
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, tie_word_embeddings=True,
                 rope_theta=500000.0, rms_norm_eps=1e-5)
+MIXED_SIZES = [16, 32, 64, 128, 256, 512]  # the ``:mixed`` variants' mixed_graph_sizes
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -199,8 +200,9 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--variants", default="4096x256",
-                    help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS[:sync], comma-separated "
-                         "(:sync turns asynchronous scheduling off)")
+                    help="unifer engine variants for the offline run: BUDGETxMAX_NUM_SEQS[:sync|:mixed], "
+                         "comma-separated (:sync turns asynchronous scheduling off; :mixed captures graphs for steps "
+                         f"with prefill tokens of up to {MIXED_SIZES[-1]} tokens)")
     ap.add_argument("--profile", default=None, help="cProfile the first variant's offline run into this file")
     ap.add_argument("--profile-decode", default=None, help="cProfile 128 batch-1 decode steps into this file")
     args = ap.parse_args()
@@ -220,12 +222,13 @@ def main() -> None:
     for v in args.variants.split(","):
         shape, _, mode = v.partition(":")
         budget, seqs = (int(x) for x in shape.split("x"))
-        variants.append((budget, seqs, mode != "sync"))
+        variants.append((budget, seqs, mode != "sync", mode == "mixed"))
     for eager, variant in [(True, variants[0])] + [(False, v) for v in variants]:
-        budget, seqs, asynchronous = variant
+        budget, seqs, asynchronous, mixed = variant
         t0 = time.perf_counter()
         llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=2048, enforce_eager=eager,
-                  max_num_batched_tokens=budget, max_num_seqs=seqs, async_scheduling=asynchronous)
+                  max_num_batched_tokens=budget, max_num_seqs=seqs, async_scheduling=asynchronous,
+                  mixed_graph_sizes=MIXED_SIZES if mixed and not eager else None)
         startup = time.perf_counter() - t0
         key = "decode_eager" if eager else "decode_graphs" if asynchronous else "decode_graphs_sync"
         if key not in results:
@@ -245,7 +248,10 @@ def main() -> None:
                 stats.sort_stats("tottime").print_stats(30)
             else:
                 elapsed = run_unifer(llm, reqs, warm)
-            name = f"budget {budget}, max_num_seqs {seqs}" + ("" if asynchronous else ", synchronous scheduling")
+            name = (f"budget {budget}, max_num_seqs {seqs}" + ("" if asynchronous else ", synchronous scheduling")
+                    + (", mixed graphs" if mixed else ""))
+            while name in results["offline"]["variants"]:  # a variant listed twice, to interleave runs
+                name += " (again)"
             results["offline"]["variants"][name] = dict(
                 unifer_s=elapsed, unifer_tok_s=out_tokens / elapsed, startup_s=startup)
         del llm
