@@ -15,9 +15,11 @@ with torch.device("cuda"):
                     num_key_value_heads=8, intermediate_size=8192, rope_scaling=None, max_positions=4096,
                     std=0.02, shard_size="2GB", save_dtype=torch.bfloat16, tie_word_embeddings=True)
 PY
-# Each load twice, on fresh servers: asynchronous scheduling (the default on CUDA), then synchronous (SERVE_MODES
-# sets the order; the first server on a fresh machine also pays Triton's first compilations).
-for mode in ${SERVE_MODES:---async-scheduling --no-async-scheduling}; do
+# Each load twice, on fresh servers: asynchronous scheduling (the default on CUDA), then synchronous. SERVE_MODES
+# sets the servers' flags instead, one server per comma-separated entry (the first server on a fresh machine also
+# pays Triton's first compilations).
+IFS=',' read -ra modes <<< "${SERVE_MODES:---async-scheduling,--no-async-scheduling}"
+for mode in "${modes[@]}"; do
   echo "=== unifer serve $mode"
   python3 -m unifer.cli serve "$ckpt" --backend cuda --port 8123 --log-level warning $mode > /tmp/serve.log 2>&1 &
   pid=$!
