@@ -276,6 +276,17 @@ def contiguous_kv(cache, md, batch, length):
     return k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
 
 
+def cold_decode_batch(batch: int, ctx: int, device: str):
+    """A decode batch of the benchmark shape, with copies of its cache that overflow L2 four times: (q, md, caches,
+    K/V bytes). A cold-L2 timing replays the kernel over every copy and divides by their number, as in a decode
+    step, where each layer's weights evict the previous layer's K/V."""
+    q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
+    kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
+    return q, md, [cache] + [cache.clone() for _ in range(n - 1)], kv_bytes
+
+
 def run_benchmarks(device: str) -> None:
     dtype = torch.bfloat16
     props = torch.cuda.get_device_properties(device)
@@ -379,17 +390,14 @@ def sweep(device: str) -> None:
     }
     segments = (1, 2, 4, 8, 16, 32, 64)
     copy_bw = copy_bandwidth(device)
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     print(f"\nsplit-KV sweep (ms, graph replays, cold L2; best per row *, current pick ^), copy bandwidth "
           f"{copy_bw / 1e9:.0f} GB/s")
     cells = "".join(f"{'seg ' + str(s):>9}" for s in segments)
     print(f"{'batch':>5}{'ctx':>7}{'variant':>10}{cells}  best %copy")
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
-            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device)
+            n = len(caches)
             for name, cfg in variants.items():
                 tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
                 pick = choose_num_segments(batch, ctx, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
@@ -399,7 +407,7 @@ def sweep(device: str) -> None:
                 cells = "".join(f"{t:>7.4f}{'*' if t == best else ' '}{'^' if s == pick else ' '}"
                                 for s, t in zip(segments, times, strict=True))
                 print(f"{batch:>5}{ctx:>7}{name:>10}{cells}  {100 * kv_bytes / (best * 1e-3) / copy_bw:>5.0f}%")
-            del q, cache, md, caches
+            del q, md, caches
 
 
 def variants(device: str, specs: list[str]) -> None:
@@ -417,16 +425,13 @@ def variants(device: str, specs: list[str]) -> None:
     for spec in specs:
         rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
     copy_bw = copy_bandwidth(device)
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     print(f"\nconfig variants (ms, graph replays, cold L2, best of 3 interleaved rounds; ratio: current / variant), "
           f"copy bandwidth {copy_bw / 1e9:.0f} GB/s")
     print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>22}" for name in rows))
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
-            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device)
+            n, cache = len(caches), caches[0]
             want = att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=base).float()
             for name, cfg in rows.items():
                 err = (att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=cfg).float() - want).abs().max()
