@@ -106,3 +106,26 @@ def test_warm_up_bypasses_the_graphs(checkpoint_factory, mixed_replays):
     steps = warm_up(llm.engine.runner, max_num_batched_tokens=64, max_num_seqs=4,
                     max_model_len=llm.engine.max_model_len)
     assert steps > 0 and mixed_replays == []
+
+
+def test_conformance_case_passes_with_graphs_and_fails_a_wrong_replay(monkeypatch, mixed_replays):
+    """The suite's e2e/graphs_match_eager case runs where a backend has a graph runner (here the CPU backend with
+    the recording one): every step with prefill tokens replays, the case passes, and it fails when a replay's
+    logits come from the wrong rows."""
+    import torch
+    from unifer_conformance.suite import run_suite
+
+    case_id = "e2e/graphs_match_eager/llama"
+    [case] = run_suite("cpu", keyword=case_id)["cases"]
+    assert case["status"] == "PASS", case["message"]
+    assert len(mixed_replays) >= 4 and all(mixed_replays)
+
+    replay = ModelRunner._replay_mixed  # the spy: its flags still count
+
+    def rows_swapped(self, batch, prev_tokens):
+        logits = replay(self, batch, prev_tokens)
+        return None if logits is None else torch.roll(logits, 1, dims=0)
+
+    monkeypatch.setattr(ModelRunner, "_replay_mixed", rows_swapped)
+    [case] = run_suite("cpu", keyword=case_id)["cases"]
+    assert case["status"] == "FAIL" and "with graphs, against" in case["message"], case["message"]

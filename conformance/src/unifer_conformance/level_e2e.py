@@ -1,7 +1,8 @@
 """Level 4: end to end. Tiny Llama and Qwen2 checkpoints generate the same greedy tokens as the CPU reference
 backend (logprobs close; at a first difference each side's token must be in the other's top-N), a 500-step
-run with arrivals and aborts leaks no KV block and keeps device memory flat, and a backend with step events gives
-the same outputs with asynchronous scheduling as without."""
+run with arrivals and aborts leaks no KV block and keeps device memory flat, a backend with step events gives
+the same outputs with asynchronous scheduling as without, and one with a graph runner gives the same outputs with
+graphs (decode and mixed-step) as eagerly."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ PROMPT_LENS = (5, 16, 17, 43, 70)  # one token, exactly one block, one past, and
 _REFERENCE_RUNS: dict = {}  # (checkpoint, dtype, block size) -> outputs of the reference backend
 
 
-def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int, async_scheduling=None):
+def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int, async_scheduling=None, **engine):
     from unifer import LLM
 
     return LLM(model=str(path), backend=backend_name, dtype=dtype, block_size=block_size, num_blocks=num_blocks,
-               max_model_len=512, seed=0, async_scheduling=async_scheduling)
+               max_model_len=512, seed=0, async_scheduling=async_scheduling, **engine)
 
 
 def _generate(path, backend_name, dtype, block_size, prompts):
@@ -140,38 +141,64 @@ def _leak(arch: str, steps: int = 500):
     return run
 
 
+def _mixed_outputs(backend, arch: str, seed: int, engine_a: dict, engine_b: dict):
+    """Outputs of two engines on the same mixed workload (greedy, a stop token that fires part-way, seeded n=2
+    sampling, a one-token request) over a 16-block pool, so that it preempts: a list of problems (outputs that
+    differ, KV blocks leaked by the second engine) and a summary."""
+    from unifer import SamplingParams
+
+    rng = random.Random(seed)
+    path, dtype, bs = _engine_setup(backend, arch)
+    prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]} for n in PROMPT_LENS]
+    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    first = _llm(path, backend.name, dtype, bs, num_blocks=16, **engine_a)
+    stop = first.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids[MAX_TOKENS // 3]
+    params = [greedy, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[stop]),
+              SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randrange(1000), max_tokens=MAX_TOKENS, n=2),
+              SamplingParams(temperature=0.0, max_tokens=1), greedy]
+    params = [params[i % len(params)] for i in range(len(prompts))]
+
+    def outputs(llm):
+        return [[(c.token_ids, c.finish_reason) for c in o.outputs]
+                for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    want = outputs(first)
+    del first
+    second = _llm(path, backend.name, dtype, bs, num_blocks=16, **engine_b)
+    got = outputs(second)
+    engine = second.engine
+    problems = [f"prompt {i} ({len(prompts[i]['prompt_token_ids'])} tokens): {g} against {w}"
+                for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+    if engine.kv.num_free_blocks != engine.num_blocks - 1:
+        problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
+    summary = (f"{len(prompts)} prompts (greedy, stop token, seeded n=2, one token) identical in {dtype}, with "
+               f"{engine.scheduler.num_preemptions} preemption(s)")
+    return problems, summary
+
+
 def _async_matches_sync(arch: str):
     def run(backend, config, seed):
-        from unifer import SamplingParams
+        problems, summary = _mixed_outputs(backend, arch, seed, dict(async_scheduling=False),
+                                           dict(async_scheduling=True))
+        problems = [p.replace("against", "with asynchronous scheduling, against", 1) for p in problems]
+        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
 
-        rng = random.Random(seed)
-        path, dtype, bs = _engine_setup(backend, arch)
-        prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]} for n in PROMPT_LENS]
-        greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-        # Small pool: preemption; seeded sampling; a stop token that fires part-way (from a first run).
-        sync_llm = _llm(path, backend.name, dtype, bs, num_blocks=16, async_scheduling=False)
-        stop = sync_llm.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids[MAX_TOKENS // 3]
-        params = [greedy, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[stop]),
-                  SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randrange(1000), max_tokens=MAX_TOKENS, n=2),
-                  SamplingParams(temperature=0.0, max_tokens=1), greedy]
-        params = [params[i % len(params)] for i in range(len(prompts))]
+    return run
 
-        def outputs(llm):
-            return [[(c.token_ids, c.finish_reason) for c in o.outputs]
-                    for o in llm.generate(prompts, params, use_tqdm=False)]
 
-        want = outputs(sync_llm)
-        del sync_llm
-        async_llm = _llm(path, backend.name, dtype, bs, num_blocks=16, async_scheduling=True)
-        got = outputs(async_llm)
-        engine = async_llm.engine
-        problems = [f"prompt {i} ({len(prompts[i]['prompt_token_ids'])} tokens): {g} with asynchronous scheduling, "
-                    f"{w} without" for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
-        if engine.kv.num_free_blocks != engine.num_blocks - 1:
-            problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
-        msg = (f"{len(prompts)} prompts (greedy, stop token, seeded n=2, one token) identical in {dtype}, with "
-               f"{engine.scheduler.num_preemptions} preemption(s)")
-        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or msg)
+# A 32-token step budget chunks the longer prompts, so prefill chunks share steps with decodes; every step fits
+# one of these sizes, so with graphs on no step runs eagerly.
+_MIXED_SIZES = [8, 16, 32]
+
+
+def _graphs_match_eager(arch: str):
+    def run(backend, config, seed):
+        engine = dict(max_num_seqs=8, max_num_batched_tokens=_MIXED_SIZES[-1])
+        problems, summary = _mixed_outputs(backend, arch, seed, dict(engine, enforce_eager=True),
+                                           dict(engine, mixed_graph_sizes=_MIXED_SIZES))
+        problems = [p.replace("against", "with graphs, against", 1) for p in problems]
+        summary += f"; decode graphs and mixed-step graphs of {_MIXED_SIZES} tokens against eager steps"
+        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
 
     return run
 
@@ -197,4 +224,7 @@ def cases(backend) -> list[Case]:
     events = backend.step_event() is not None
     out.append(Case("e2e/async_matches_sync/llama", "e2e", _async_matches_sync("llama") if events else None,
                     dict(arch="llama"), "" if events else "the backend has no step events"))
+    graphs = backend.graph_runner() is not None
+    out.append(Case("e2e/graphs_match_eager/llama", "e2e", _graphs_match_eager("llama") if graphs else None,
+                    dict(arch="llama", mixed_graph_sizes=_MIXED_SIZES), "" if graphs else "the backend has no graphs"))
     return out
