@@ -281,7 +281,7 @@ def main() -> None:
     o = results["offline"]
     for name, v in o["variants"].items():
         print(f"offline: {o['requests']} requests, {o['output_tokens']} output tokens; unifer ({name}) "
-              f"{v['unifer_tok_s']:.0f} tok/s ({v['unifer_s']:.1f} s)")
+              f"{v['unifer_tok_s']:.0f} tok/s ({v['unifer_s']:.1f} s); engine start-up {v['startup_s']:.1f} s")
     if "hf_tok_s" in o:
         print(f"offline: transformers {o['hf_tok_s']:.0f} tok/s ({o['hf_s']:.1f} s, batch {o['hf_batch']}); "
               f"ratio unifer (best variant)/transformers {o['ratio']:.1f}x")
