@@ -291,7 +291,6 @@ def run_benchmarks(device: str) -> None:
     dtype = torch.bfloat16
     props = torch.cuda.get_device_properties(device)
     copy_bw = copy_bandwidth(device)
-    l2_bytes = getattr(props, "L2_cache_size", 64 << 20)
     attention = ops()["paged_attention"]
     print(
         f"\ndevice: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
@@ -306,15 +305,10 @@ def run_benchmarks(device: str) -> None:
     rows = []
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, dtype, device)
+            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device)
+            cache, n = caches[0], len(caches)
             scale = HEAD_DIM**-0.5
             t_eager = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
-            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            # Cold L2, as in a decode step (where each layer's weights evict the last layer's K/V): every graph
-            # replay cycles through enough copies of the inputs to overflow L2 four times, and each timing is
-            # the replay's time over the number of copies.
-            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-            caches = [cache] + [cache.clone() for _ in range(n - 1)]
             t = bench_graph(lambda q=q, md=md, s=scale, cs=caches: [attention(q, c, md, scale=s) for c in cs]) / n
             bw = kv_bytes / (t * 1e-3)
             # What a plain streaming read of the same bytes reaches, timed the same way: at small sizes a launch's
@@ -458,17 +452,14 @@ def captured(device: str) -> None:
     att = module("attention")
     cfg = current_configs(torch.device(device)).attention
     tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     lengths = (2048, 32768)
     print("\ndecode attention at the segment count a graph captured for max_model_len runs (ms, graph replays,")
     print("cold L2), against the count fitted to the context; ratio > 1: the captured count is slower")
     print(f"{'batch':>5}{'ctx':>7}{'fitted':>13}" + "".join(f"{'@ ' + str(m):>21}" for m in lengths))
     for batch in (1, 2, 4, 8):
         for ctx in (256, 1024, 4096):
-            q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
-            kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
-            n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-            caches = [cache] + [cache.clone() for _ in range(n - 1)]
+            q, md, caches, _ = cold_decode_batch(batch, ctx, device)
+            cache, n = caches[0], len(caches)
 
             def timed(s, q=q, md=md, caches=caches, n=n):
                 return bench_graph(lambda: [att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s)

@@ -141,46 +141,41 @@ def _leak(arch: str, steps: int = 500):
     return run
 
 
-def _mixed_outputs(backend, arch: str, seed: int, engine_a: dict, engine_b: dict):
-    """Outputs of two engines on the same mixed workload (greedy, a stop token that fires part-way, seeded n=2
-    sampling, a one-token request) over a 16-block pool, so that it preempts: a list of problems (outputs that
-    differ, KV blocks leaked by the second engine) and a summary."""
-    from unifer import SamplingParams
-
-    rng = random.Random(seed)
-    path, dtype, bs = _engine_setup(backend, arch)
-    prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]} for n in PROMPT_LENS]
-    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    first = _llm(path, backend.name, dtype, bs, num_blocks=16, **engine_a)
-    stop = first.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids[MAX_TOKENS // 3]
-    params = [greedy, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[stop]),
-              SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randrange(1000), max_tokens=MAX_TOKENS, n=2),
-              SamplingParams(temperature=0.0, max_tokens=1), greedy]
-    params = [params[i % len(params)] for i in range(len(prompts))]
-
-    def outputs(llm):
-        return [[(c.token_ids, c.finish_reason) for c in o.outputs]
-                for o in llm.generate(prompts, params, use_tqdm=False)]
-
-    want = outputs(first)
-    del first
-    second = _llm(path, backend.name, dtype, bs, num_blocks=16, **engine_b)
-    got = outputs(second)
-    engine = second.engine
-    problems = [f"prompt {i} ({len(prompts[i]['prompt_token_ids'])} tokens): {g} against {w}"
-                for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
-    if engine.kv.num_free_blocks != engine.num_blocks - 1:
-        problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
-    summary = (f"{len(prompts)} prompts (greedy, stop token, seeded n=2, one token) identical in {dtype}, with "
-               f"{engine.scheduler.num_preemptions} preemption(s)")
-    return problems, summary
-
-
-def _async_matches_sync(arch: str):
+def _same_outputs(arch: str, baseline: dict, variant: dict, label: str, what: str = ""):
+    """A case: two engines, ``baseline`` and ``variant`` (engine arguments), on one workload (greedy, a stop token
+    that fires part-way, seeded n=2 sampling, a one-token request) over a 16-block pool, so that it preempts. The
+    tokens and finish reasons must be identical, and the variant must leak no KV block. ``label`` names the
+    variant in a failure; ``what`` ends the summary of a pass."""
     def run(backend, config, seed):
-        problems, summary = _mixed_outputs(backend, arch, seed, dict(async_scheduling=False),
-                                           dict(async_scheduling=True))
-        problems = [p.replace("against", "with asynchronous scheduling, against", 1) for p in problems]
+        from unifer import SamplingParams
+
+        rng = random.Random(seed)
+        path, dtype, bs = _engine_setup(backend, arch)
+        prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(n)]}
+                   for n in PROMPT_LENS]
+        greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+        first = _llm(path, backend.name, dtype, bs, num_blocks=16, **baseline)
+        stop = first.generate(prompts[:1], greedy, use_tqdm=False)[0].outputs[0].token_ids[MAX_TOKENS // 3]
+        params = [greedy, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[stop]),
+                  SamplingParams(temperature=0.8, top_p=0.9, seed=rng.randrange(1000), max_tokens=MAX_TOKENS, n=2),
+                  SamplingParams(temperature=0.0, max_tokens=1), greedy]
+        params = [params[i % len(params)] for i in range(len(prompts))]
+
+        def outputs(llm):
+            return [[(c.token_ids, c.finish_reason) for c in o.outputs]
+                    for o in llm.generate(prompts, params, use_tqdm=False)]
+
+        want = outputs(first)
+        del first
+        second = _llm(path, backend.name, dtype, bs, num_blocks=16, **variant)
+        got = outputs(second)
+        engine = second.engine
+        problems = [f"prompt {i} ({len(prompts[i]['prompt_token_ids'])} tokens): {g} {label}, against {w}"
+                    for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+        if engine.kv.num_free_blocks != engine.num_blocks - 1:
+            problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
+        summary = (f"{len(prompts)} prompts (greedy, stop token, seeded n=2, one token) identical in {dtype}, with "
+                   f"{engine.scheduler.num_preemptions} preemption(s){what}")
         return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
 
     return run
@@ -189,18 +184,7 @@ def _async_matches_sync(arch: str):
 # A 32-token step budget chunks the longer prompts, so prefill chunks share steps with decodes; every step fits
 # one of these sizes, so with graphs on no step runs eagerly.
 _MIXED_SIZES = [8, 16, 32]
-
-
-def _graphs_match_eager(arch: str):
-    def run(backend, config, seed):
-        engine = dict(max_num_seqs=8, max_num_batched_tokens=_MIXED_SIZES[-1])
-        problems, summary = _mixed_outputs(backend, arch, seed, dict(engine, enforce_eager=True),
-                                           dict(engine, mixed_graph_sizes=_MIXED_SIZES))
-        problems = [p.replace("against", "with graphs, against", 1) for p in problems]
-        summary += f"; decode graphs and mixed-step graphs of {_MIXED_SIZES} tokens against eager steps"
-        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
-
-    return run
+_GRAPH_ENGINE = dict(max_num_seqs=8, max_num_batched_tokens=_MIXED_SIZES[-1])
 
 
 def _free_memory(backend):
@@ -222,9 +206,14 @@ def cases(backend) -> list[Case]:
             out.append(Case(cid, "e2e", None if why else _greedy(arch, dtype), dict(arch=arch, dtype=dtype), why))
     out.append(Case("e2e/no_leak/llama/500_steps", "e2e", _leak("llama"), dict(arch="llama", steps=500)))
     events = backend.step_event() is not None
-    out.append(Case("e2e/async_matches_sync/llama", "e2e", _async_matches_sync("llama") if events else None,
+    same_async = _same_outputs("llama", dict(async_scheduling=False), dict(async_scheduling=True),
+                               "with asynchronous scheduling")
+    out.append(Case("e2e/async_matches_sync/llama", "e2e", same_async if events else None,
                     dict(arch="llama"), "" if events else "the backend has no step events"))
     graphs = backend.graph_runner() is not None
-    out.append(Case("e2e/graphs_match_eager/llama", "e2e", _graphs_match_eager("llama") if graphs else None,
+    same_graphs = _same_outputs("llama", dict(_GRAPH_ENGINE, enforce_eager=True),
+                                dict(_GRAPH_ENGINE, mixed_graph_sizes=_MIXED_SIZES), "with graphs",
+                                f"; decode graphs and mixed-step graphs of {_MIXED_SIZES} tokens against eager steps")
+    out.append(Case("e2e/graphs_match_eager/llama", "e2e", same_graphs if graphs else None,
                     dict(arch="llama", mixed_graph_sizes=_MIXED_SIZES), "" if graphs else "the backend has no graphs"))
     return out
