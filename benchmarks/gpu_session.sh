@@ -3,8 +3,9 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep captured profile graphs prefetch fusion pdl
-#   step step-ab eager mixed warmup attention model conformance serve; none given: all but sweep, captured,
-#   profile, graphs, prefetch, step-ab, eager and mixed
+#   step step-ab eager mixed memory launch warmup attention model conformance serve; none given: all but sweep,
+#   captured, profile, graphs, prefetch, step-ab, eager, mixed, memory and
+#   launch
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
@@ -73,6 +74,12 @@ if want eager; then
 fi
 if want mixed; then
   python3 benchmarks/mixed_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/mixed-step.txt"
+fi
+if want memory; then
+  python3 benchmarks/graph_memory_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/graph-memory.txt"
+fi
+if want launch; then
+  python3 benchmarks/launch_overhead_cuda.py 2>&1 | tee "$out/launch-overhead.txt"
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
