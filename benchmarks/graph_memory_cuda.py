@@ -3,7 +3,8 @@ with graphs for steps with prefill tokens too (``mixed_graph_sizes``), against t
 ``enforce_eager``. The KV cache is sized before any capture, so a graph's memory pool comes out of the share of the
 device that ``gpu_memory_utilization`` leaves free; the last column says how much of the device is in use.
 
-Llama-3.2-1B shape, bf16, random weights; `unifer serve`'s limits (2048-token steps, 256 sequences, 4096 positions).
+Llama-3.2-1B shape, bf16, random weights; `unifer serve`'s limits (2048-token steps, 256 sequences) and 131072
+positions (the checkpoint's), so the KV cache takes all the memory ``gpu_memory_utilization`` (0.9) gives it.
 Each variant builds its engine alone, in order, twice; a first throwaway engine pays Triton's compilations.
 
     python benchmarks/graph_memory_cuda.py
@@ -30,13 +31,16 @@ VARIANTS = {
 }
 
 
-def device_memory(backend: str) -> tuple[int, int, int]:
-    """(bytes in use on the device by anyone, bytes torch's allocator reserves, device total)."""
+def device_memory(backend: str) -> tuple[int, int, int, int]:
+    """(bytes in use on the device by anyone, bytes torch's allocator reserves, the same once its cached free
+    blocks are returned (what tensors and graph pools hold), device total)."""
     if backend != "cuda":
-        return 0, 0, 1
+        return 0, 0, 0, 1
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
-    return total - free, torch.cuda.memory_reserved(), total
+    reserved = torch.cuda.memory_reserved()
+    torch.cuda.empty_cache()
+    return total - free, reserved, torch.cuda.memory_reserved(), total
 
 
 def build(folder: Path, args, options: dict) -> dict:
@@ -46,9 +50,9 @@ def build(folder: Path, args, options: dict) -> dict:
     llm = LLM(model=str(folder), backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
               max_num_batched_tokens=2048, max_num_seqs=256, **options)
     startup = time.perf_counter() - t0
-    used, reserved, total = device_memory(args.backend)
+    used, reserved, held, total = device_memory(args.backend)
     runner = llm.engine.runner
-    row = dict(startup_s=startup, used=used, reserved=reserved, total=total, kv_blocks=llm.engine.num_blocks,
+    row = dict(startup_s=startup, used=used, reserved=reserved, held=held, total=total, kv_blocks=llm.engine.num_blocks,
                graphs=len(runner._graphs) + len(runner._mixed_graphs))
     del llm, runner
     gc.collect()
@@ -62,7 +66,8 @@ def main() -> None:
     ap.add_argument("--backend", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument("--max-model-len", type=int, default=131072,
+                    help="Llama-3.2-1B's; with 256 sequences the KV cache then fills its memory share")
     ap.add_argument("--model", default=None, help="a checkpoint; default: a Llama-3.2-1B-shape one, built on the GPU")
     args = ap.parse_args()
     folder = Path(args.model) if args.model else make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
@@ -71,11 +76,13 @@ def main() -> None:
     for round_ in range(1, args.rounds + 1):
         rows = {name: build(folder, args, options) for name, options in VARIANTS.items()}
         base = rows["enforce_eager"]
-        print(f"round {round_}: device total {base['total'] / gib:.1f} GiB, gpu_memory_utilization 0.9")
+        print(f"round {round_}: device total {base['total'] / gib:.1f} GiB, gpu_memory_utilization 0.9, "
+              f"max_model_len {args.max_model_len}")
         for name, r in rows.items():
             print(f"  {name:<58} start-up {r['startup_s']:6.2f} s ({r['startup_s'] - base['startup_s']:+6.2f}); "
                   f"{r['graphs']:3d} graphs; torch reserves {r['reserved'] / gib:6.2f} GiB "
-                  f"({(r['reserved'] - base['reserved']) / gib:+6.2f}); device in use {r['used'] / gib:6.2f} GiB "
+                  f"({(r['reserved'] - base['reserved']) / gib:+6.2f}), {r['held'] / gib:6.2f} GiB, cache emptied "
+                  f"({(r['held'] - base['held']) / gib:+6.2f}); device in use {r['used'] / gib:6.2f} GiB "
                   f"= {r['used'] / r['total']:.3f} of total; {r['kv_blocks']} KV blocks")
 
 
