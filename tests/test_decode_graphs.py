@@ -6,6 +6,7 @@ which is exactly what a CUDA graph replay computes; so any padding or buffer-fil
 from __future__ import annotations
 
 import pytest
+import torch
 from hf_reference import hf_greedy
 from test_hf_equivalence import PARAMS, _assert_matches_hf, _prompts
 from unifer import LLM
@@ -46,6 +47,33 @@ def test_replayed_decode_matches_transformers(checkpoint_factory, monkeypatch, n
     _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
     assert runner.replays >= PARAMS.max_tokens - 1  # every pure-decode step replayed
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
+
+
+def test_decode_graphs_share_one_logits_buffer(checkpoint_factory, monkeypatch):
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
+    runner = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12).engine.runner
+    with torch.inference_mode():  # as the engine replays
+        outputs = {b: replay() for b, replay in runner._graphs.items()}
+    assert {b: tuple(o.shape) for b, o in outputs.items()} == {b: (b, runner._logits.shape[1]) for b in outputs}
+    assert {o.data_ptr() for o in outputs.values()} == {runner._logits.data_ptr()}
+
+
+def test_model_without_logits_out(checkpoint_factory, monkeypatch):
+    # A model provider's compute_logits may not take ``out``: each graph then keeps an output of its own.
+    from unifer.model.llama import LlamaForCausalLM
+
+    compute_logits = LlamaForCausalLM.compute_logits
+    monkeypatch.setattr(LlamaForCausalLM, "compute_logits", lambda self, hidden: compute_logits(self, hidden))
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    runner = RecordingGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: runner)
+    prompts = _prompts(seed=5)[:5]
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12)
+    assert llm.engine.runner._logits is None
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert runner.replays >= PARAMS.max_tokens - 1
 
 
 def test_enforce_eager_never_captures(checkpoint_factory, monkeypatch):

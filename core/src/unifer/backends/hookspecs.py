@@ -31,6 +31,8 @@ def unifer_register_models(registry) -> None:
 
     ``architecture_name`` is the string found in a checkpoint's ``config.json`` ``architectures`` list
     (e.g. ``"LlamaForCausalLM"``). ``model_class`` follows :class:`unifer.model.llama.LlamaForCausalLM`:
-    constructed from ``(hf_config: dict, ops: Ops, dtype)`` and exposing ``forward``, ``compute_logits`` and
-    ``load_weights``. Lets a model provider ship an architecture as a package, with no change to core.
+    constructed from ``(hf_config: dict, ops: Ops, dtype, device, architecture=name)`` and exposing ``spec``,
+    ``forward``, ``compute_logits`` and ``load_weights``. A ``compute_logits`` that takes ``out`` lets every
+    decode graph write its logits into one shared buffer. Lets a model provider ship an architecture as a
+    package, with no change to core.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 import torch
@@ -26,6 +27,14 @@ def _fill_placeholders(ids: torch.Tensor, prev_tokens: torch.Tensor) -> None:
     ids.copy_(torch.where(ids < 0, prev_tokens[rows], ids))
 
 
+def _takes_out(compute_logits) -> bool:
+    """Whether a model's ``compute_logits`` writes into a given ``out`` (a model provider's may not)."""
+    try:
+        return "out" in inspect.signature(compute_logits).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _no_grad(method):
     """torch.inference_mode, or torch.no_grad where the backend opts out of inference tensors."""
 
@@ -46,6 +55,9 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
+        # The decode graphs' logits, one buffer for all buckets: a graph's output lives as long as the graph, and
+        # with an output each, the 35 default buckets held ~2 GiB of logits at a 128k vocabulary.
+        self._logits: torch.Tensor | None = None
         self._static: dict[str, torch.Tensor] = {}
         self._rows = np.zeros(0, dtype=np.int64)  # 0 .. top - 1: every row's own host id, as its default source
         # Two pinned host twins of _static's flat buffer (and their numpy views), used in turn: under asynchronous
@@ -80,6 +92,8 @@ class ModelRunner:
         st["seq_lens"].fill_(1)
         self._rows = np.arange(top, dtype=np.int64)
         st["source"].copy_(torch.from_numpy(self._rows))
+        if _takes_out(self.model.compute_logits):
+            self._logits = torch.empty(top, self.model.spec.vocab_size, dtype=torch.float32, device=self.device)
         for b in reversed(buckets):
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
@@ -124,7 +138,9 @@ class ModelRunner:
         st = self._static
         input_ids = st["tokens"][st["source"][:b]]
         hidden = self.model(input_ids, st["positions"][:b], self.kv_caches, metadata)
-        return self.model.compute_logits(hidden)
+        if self._logits is None:
+            return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, out=self._logits[:b])
 
     def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
         n = len(batch)
