@@ -7,7 +7,8 @@ Every number is measured in the same run as its baseline:
     the same K/V laid out contiguously [B, KH, ctx, D], and FlashInfer's paged decode (when importable) at the faster
     of its CUDA-core and tensor-core paths; and what a plain streaming read of the same K/V bytes reaches (the
     ceiling that a launch's fixed cost leaves for any kernel over so few bytes);
-  * prefill, batch 4 x 1k/4k (causal): TFLOP/s against SDPA (flash backend where it takes the shape).
+  * prefill, batch 4 x 1k/4k and 1 x 16k (causal): TFLOP/s against SDPA (flash backend where it takes the shape)
+    on the same K/V laid out contiguously, and FlashInfer's paged prefill on the same cache.
 Timings are triton.testing.do_bench medians.
 
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
@@ -262,6 +263,30 @@ def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
         return f"error: {type(exc).__name__}: {str(exc)[:60]}"
 
 
+def flashinfer_prefill(q, cache, md, batch, seqlen):
+    """A callable running FlashInfer's causal paged prefill on the same cache, or an error string."""
+    try:
+        import flashinfer
+    except Exception:
+        return "not installed"
+    try:
+        device = q.device
+        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        per_seq = -(-seqlen // BLOCK)
+        qo_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * seqlen
+        kv_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
+        indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
+        last = torch.full((batch,), seqlen - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
+        wrapper.plan(qo_indptr, kv_indptr, indices, last, HEADS, KV_HEADS, HEAD_DIM, BLOCK, causal=True,
+                     q_data_type=q.dtype, kv_data_type=cache.dtype)
+        kv = (cache[0], cache[1])
+        wrapper.run(q, kv)
+        return lambda: wrapper.run(q, kv)
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {str(exc)[:60]}"
+
+
 def bench_batch(query_lens, context_lens, dtype, device):
     """The benchmark shape's paged batch, without NaN poisoning."""
     return make_paged(query_lens, context_lens, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
@@ -335,7 +360,7 @@ def run_benchmarks(device: str) -> None:
                 + f"{t_eager:>10.4f}"
             )
             del caches, kvs
-    for batch, seqlen in ((4, 1024), (4, 4096)):
+    for batch, seqlen in ((4, 1024), (4, 4096), (1, 16384)):
         q, cache, md = bench_batch([seqlen] * batch, [0] * batch, dtype, device)
         scale = HEAD_DIM**-0.5
         t = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
@@ -352,9 +377,17 @@ def run_benchmarks(device: str) -> None:
         except RuntimeError:
             ts = bench(lambda qs=qs, k=k, v=v: sdpa(qs, k, v, True))
             label = "auto"
+        fi = flashinfer_prefill(q, cache, md, batch, seqlen)
+        tf = bench(fi) if callable(fi) else None
+        if tf is not None:  # the same attention, or the comparison means nothing
+            err = _rel(fi().float(), attention(q, cache, md, scale=scale).float())
+            assert err < 2e-2, f"FlashInfer prefill differs from the Triton kernel: relative error {err:.2e}"
         rows.append(
             f"{'prefill':<8}{batch:>6}{seqlen:>9}{t:>11.4f}{'':>8}{'':>8}{'':>15}{flops / (t * 1e-3) / 1e12:>9.1f}"
-            f"{ts:>9.4f}{ts / t:>9.2f}  (SDPA {label}: {flops / (ts * 1e-3) / 1e12:.1f} TFLOP/s)"
+            f"{ts:>9.4f}{ts / t:>9.2f}"
+            + (f"{tf:>8.4f}{tf / t:>8.2f}{'':>8}" if tf is not None else f"  {fi}")
+            + f"  (SDPA {label}: {flops / (ts * 1e-3) / 1e12:.1f} TFLOP/s"
+            + (f", FlashInfer {flops / (tf * 1e-3) / 1e12:.1f})" if tf is not None else ")")
         )
     print(header)
     for row in rows:
