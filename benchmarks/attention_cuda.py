@@ -16,6 +16,7 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
     python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
                                                      # config variants against the current row, interleaved
+    python benchmarks/attention_cuda.py --prefill-variants unmasked_full_tiles=0  # the same on prefill shapes
 """
 
 from __future__ import annotations
@@ -263,8 +264,9 @@ def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
         return f"error: {type(exc).__name__}: {str(exc)[:60]}"
 
 
-def flashinfer_prefill(q, cache, md, batch, seqlen):
-    """A callable running FlashInfer's causal paged prefill on the same cache, or an error string."""
+def flashinfer_prefill(q, cache, md, batch, seqlen, context=0):
+    """A callable running FlashInfer's causal paged prefill on the same cache (``seqlen`` new tokens per sequence
+    after ``context`` cached ones), or an error string."""
     try:
         import flashinfer
     except Exception:
@@ -273,11 +275,12 @@ def flashinfer_prefill(q, cache, md, batch, seqlen):
         device = q.device
         workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
         wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
-        per_seq = -(-seqlen // BLOCK)
+        kv_len = context + seqlen
+        per_seq = -(-kv_len // BLOCK)
         qo_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * seqlen
         kv_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
         indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
-        last = torch.full((batch,), seqlen - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
+        last = torch.full((batch,), kv_len - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
         wrapper.plan(qo_indptr, kv_indptr, indices, last, HEADS, KV_HEADS, HEAD_DIM, BLOCK, causal=True,
                      q_data_type=q.dtype, kv_data_type=cache.dtype)
         kv = (cache[0], cache[1])
@@ -475,6 +478,56 @@ def variants(device: str, specs: list[str]) -> None:
             del caches
 
 
+PREFILL_SHAPES = (  # (sequences, new tokens each, context before them)
+    (4, 1024, 0), (4, 4096, 0), (1, 16384, 0), (1, 2048, 14336))
+
+
+def prefill_variants(device: str, specs: list[str]) -> None:
+    """Prefill config variants against the current row, as ``variants`` does for decode: eager launches (as the
+    engine runs steps with prefill tokens), interleaved, best of three rounds, outputs checked; then FlashInfer's
+    paged prefill on the same cache and SDPA (flash) on the same K/V laid out contiguously, in the same rounds. The
+    last shape is a 2k-token chunk after a 14k context, which SDPA's causal mask (aligned top-left) cannot pose."""
+    from dataclasses import replace
+
+    from unifer.kernels.triton.util import current_configs
+
+    att = module("attention")
+    base = current_configs(torch.device(device)).attention
+    rows = {"current": base}
+    for spec in specs:
+        rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    print("\nprefill config variants (ms, eager, best of 3 interleaved rounds; TFLOP/s; ratio: current / variant)")
+    print(f"{'seqs':>5}{'new':>7}{'ctx':>7}" + "".join(f"{name:>28}" for name in [*rows, "FlashInfer", "SDPA"]))
+    for batch, new, ctx in PREFILL_SHAPES:
+        q, cache, md = bench_batch([new] * batch, [ctx] * batch, torch.bfloat16, device)
+        flops = 4 * batch * HEADS * HEAD_DIM * new * (ctx + new / 2)  # QK^T and PV over the causal part
+        want = att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=base).float()
+        for name, cfg in rows.items():
+            err = _rel(att.unified_attention(q, cache, md, scale=HEAD_DIM**-0.5, config=cfg).float(), want)
+            assert err < 2e-2, f"{name} at {batch} x {new} after {ctx} differs from the current row by {err:.2e}"
+        runs = {name: (lambda cfg=cfg, q=q, md=md, c=cache: att.unified_attention(
+            q, c, md, scale=HEAD_DIM**-0.5, config=cfg)) for name, cfg in rows.items()}
+        fi = flashinfer_prefill(q, cache, md, batch, new, ctx)
+        if callable(fi):
+            err = _rel(fi().float(), want)
+            assert err < 2e-2, f"FlashInfer prefill differs from the Triton kernel: relative error {err:.2e}"
+            runs["FlashInfer"] = fi
+        if ctx == 0:
+            k, v = contiguous_kv(cache, md, batch, new)
+            qs = q.view(batch, new, HEADS, HEAD_DIM).transpose(1, 2).contiguous()
+            runs["SDPA"] = lambda qs=qs, k=k, v=v: sdpa(qs, k, v, True)
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(3):
+            for name, run in runs.items():
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    best[name] = min(best[name], bench(run))
+        cells = "".join(f"{t:>9.4f} {flops / (t * 1e-3) / 1e12:>7.1f} {best['current'] / t:>6.3f}    "
+                        for t in best.values())
+        print(f"{batch:>5}{new:>7}{ctx:>7}{cells}")
+
+
 def captured(device: str) -> None:
     """Decode attention as a CUDA graph runs it: the runner captures each batch bucket with the segment count of
     the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
@@ -522,6 +575,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="time decode launch variants x split-KV segments only")
     parser.add_argument("--variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
                         help="time these attention config variants against the current config row only")
+    parser.add_argument("--prefill-variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
+                        help="time these config variants on prefill shapes against the current row only")
     parser.add_argument("--captured", action="store_true",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only")
     parser.add_argument(
@@ -548,6 +603,9 @@ def main() -> int:
         return 0
     if args.variants:
         variants(args.device, args.variants)
+        return 0
+    if args.prefill_variants:
+        prefill_variants(args.device, args.prefill_variants)
         return 0
     run_benchmarks(args.device)
     return 0

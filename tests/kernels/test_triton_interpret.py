@@ -62,11 +62,15 @@ def _attention_case(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     num_segments: int | None = 1,
+    unmasked_full_tiles: int = 0,
 ) -> float:
     """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
+    from dataclasses import replace
+
     import torch
     from unifer.backends.backend import AttentionMetadata
     from unifer.kernels.triton import module
+    from unifer.kernels.triton.util import current_configs
     from unifer.ops import reference as ref
 
     dt = getattr(torch, dtype)
@@ -110,6 +114,7 @@ def _attention_case(
             sliding_window=sliding_window,
             soft_cap=soft_cap,
             num_segments=num_segments,
+            config=replace(current_configs(torch.device("cpu")).attention, unmasked_full_tiles=unmasked_full_tiles),
             out=out,
         )
     assert got.data_ptr() == out.data_ptr()
@@ -127,6 +132,8 @@ ATTENTION_CASES: dict[str, dict] = {
     "gqa2_hd80": dict(query_lens=[5, 1], context_lens=[11, 17], num_heads=4, num_kv_heads=2, head_dim=80),
     "gqa4": dict(query_lens=[4, 1, 2], context_lens=[13, 40, 0], num_heads=8, num_kv_heads=2, head_dim=64),
     "gqa3_hd96": dict(query_lens=[5, 1], context_lens=[12, 20], num_heads=6, num_kv_heads=2, head_dim=96),
+    # Several KV tiles that every row of a query block sees whole, then the block's diagonal tiles.
+    "long_chunk": dict(query_lens=[40, 3], context_lens=[70, 100], num_heads=4, num_kv_heads=2, head_dim=64),
     "block32": dict(query_lens=[5, 1], context_lens=[40, 31], num_heads=4, num_kv_heads=2, head_dim=64, block_size=32),
     "sliding_window": dict(
         query_lens=[9, 1, 1], context_lens=[30, 40, 3], num_heads=4, num_kv_heads=2, head_dim=64, sliding_window=8
@@ -270,6 +277,9 @@ def _all_cases() -> dict:
     cases = {"ops_signatures": _ops_signatures}
     for i, (name, kw) in enumerate(ATTENTION_CASES.items()):
         cases[f"attention[{name}]"] = lambda kw=kw, i=i: _attention_case(seed=100 + i, **kw)
+        # The loop over tiles seen whole, without masks, that a config row may turn on (the Hopper one does).
+        cases[f"attention[{name},unmasked_full_tiles]"] = lambda kw=kw, i=i: _attention_case(
+            seed=100 + i, unmasked_full_tiles=1, **kw)
     cases["attention[split_kv_heuristic]"] = lambda: _attention_case(
         seed=7, query_lens=[1], context_lens=[40], num_heads=2, num_kv_heads=1, head_dim=64, num_segments=None
     )

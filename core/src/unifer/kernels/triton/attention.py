@@ -47,6 +47,44 @@ def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
     return left - 1
 
 
+@triton.jit
+def _attend_tile(q, m_i, l_i, acc, t, kv_ptr, bt_row, kv_head_off, kv_stride0, kv_stride1, kv_stride2, q_abs, kv_end,
+                 scale, soft_cap, sliding_window, offs_t, offs_d, dim_mask, BLOCK_SIZE: tl.constexpr,
+                 TILE: tl.constexpr, USE_SOFT_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PREC: tl.constexpr,
+                 ACC: tl.constexpr, MASKED: tl.constexpr):
+    """One KV tile of the online softmax: gather K and V through the block table, fold them into (m, l, acc)."""
+    k_pos = t * TILE + offs_t
+    k_valid = k_pos < kv_end
+    if MASKED:
+        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
+        k_mask = dim_mask[:, None] & k_valid[None, :]
+        v_mask = k_valid[:, None] & dim_mask[None, :]
+    else:
+        page = tl.load(bt_row + k_pos // BLOCK_SIZE).to(tl.int64)
+        k_mask = dim_mask[:, None]
+        v_mask = dim_mask[None, :]
+    slot = page * kv_stride1 + (k_pos % BLOCK_SIZE).to(tl.int64) * kv_stride2 + kv_head_off
+    k = tl.load(kv_ptr + slot[None, :] + offs_d[:, None], mask=k_mask, other=0.0)
+    v = tl.load(kv_ptr + kv_stride0 + slot[:, None] + offs_d[None, :], mask=v_mask, other=0.0)
+    s = tl.dot(q, k, input_precision=DOT_PREC).to(ACC) * scale
+    if USE_SOFT_CAP:
+        s = soft_cap * _tanh(s / soft_cap)
+    if MASKED:
+        visible = (k_pos[None, :] <= q_abs[:, None]) & k_valid[None, :]
+        if USE_WINDOW:
+            visible = visible & (q_abs[:, None] - k_pos[None, :] < sliding_window)
+        s = tl.where(visible, s * 1.4426950408889634, float("-inf"))
+    else:
+        s = s * 1.4426950408889634
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC).to(ACC)
+    return m_new, l_i, acc
+
+
 # The sequence count and the block table's width change from step to step; specialising on them (a value of 1, a
 # multiple of 16) would compile new variants while serving.
 @triton.jit(do_not_specialize=["num_seqs", "bt_stride0"])
@@ -86,6 +124,7 @@ def _unified_attention_kernel(
     NUM_SEGMENTS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
+    MASK_ALL: tl.constexpr,
     PDL: tl.constexpr,
 ):
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
@@ -138,31 +177,19 @@ def _unified_attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_PAD], ACC)
     bt_row = block_table_ptr + seq_idx.to(tl.int64) * bt_stride0
     kv_head_off = kv_head.to(tl.int64) * kv_stride3
-    for t in range(tile_begin, tile_end):
-        k_pos = t * TILE + offs_t
-        k_valid = k_pos < kv_end
-        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
-        slot = page * kv_stride1 + (k_pos % BLOCK_SIZE).to(tl.int64) * kv_stride2 + kv_head_off
-        k = tl.load(kv_ptr + slot[None, :] + offs_d[:, None], mask=dim_mask[:, None] & k_valid[None, :], other=0.0)
-        v = tl.load(
-            kv_ptr + kv_stride0 + slot[:, None] + offs_d[None, :],
-            mask=k_valid[:, None] & dim_mask[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, k, input_precision=DOT_PREC).to(ACC) * scale
-        if USE_SOFT_CAP:
-            s = soft_cap * _tanh(s / soft_cap)
-        visible = (k_pos[None, :] <= q_abs[:, None]) & k_valid[None, :]
-        if USE_WINDOW:
-            visible = visible & (q_abs[:, None] - k_pos[None, :] < sliding_window)
-        s = tl.where(visible, s * 1.4426950408889634, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC).to(ACC)
-        m_i = m_new
+    # Tiles that end before the block's first query position are seen whole by every row (a window may cut them,
+    # so not with one): they skip the causal and bounds masks, which only the last tiles of the range need.
+    full_end = tile_begin
+    if not USE_WINDOW and not MASK_ALL:
+        full_end = tl.minimum(tl.maximum((context_len + q_block * BLOCK_Q + 1) // TILE, tile_begin), tile_end)
+    for t in range(tile_begin, full_end):
+        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, t, kv_ptr, bt_row, kv_head_off, kv_stride0, kv_stride1,
+                                     kv_stride2, q_abs, kv_end, scale, soft_cap, sliding_window, offs_t, offs_d,
+                                     dim_mask, BLOCK_SIZE, TILE, USE_SOFT_CAP, USE_WINDOW, DOT_PREC, ACC, False)
+    for t in range(full_end, tile_end):
+        m_i, l_i, acc = _attend_tile(q, m_i, l_i, acc, t, kv_ptr, bt_row, kv_head_off, kv_stride0, kv_stride1,
+                                     kv_stride2, q_abs, kv_end, scale, soft_cap, sliding_window, offs_t, offs_d,
+                                     dim_mask, BLOCK_SIZE, TILE, USE_SOFT_CAP, USE_WINDOW, DOT_PREC, ACC, True)
 
     if NUM_SEGMENTS == 1:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -310,6 +337,7 @@ def unified_attention(
         NUM_SEGMENTS=num_segments,
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        MASK_ALL=launch["MASK_ALL"],
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],

@@ -135,6 +135,7 @@ def _attention_spec(
         NUM_SEGMENTS=segments,
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
+        MASK_ALL=launch["MASK_ALL"],
         PDL=configs.dependent_launch,
     )
     variant = (

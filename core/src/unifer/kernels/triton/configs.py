@@ -34,6 +34,11 @@ class AttentionConfig:
     # saturate memory without paying the merge for many near-empty segments.
     split_target_programs: int = 0
     reduce_num_warps: int = 4
+    # 1: batches with prefill tokens skip the causal and bounds masks on the KV tiles that every query row sees
+    # whole, in a loop of their own. It costs registers (sm_80 prefill 168 -> 194, CDNA 92 -> 116), so a row turns
+    # it on where it was timed faster. Decode launches always mask every tile: their 16-row blocks make the masks
+    # cheap, and the second loop took the sm_90 split-KV decode kernel from 110 to 164 registers.
+    unmasked_full_tiles: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             tile_prefill=64,
             num_warps_prefill=8,
             num_stages_prefill=3,
+            unmasked_full_tiles=1,
         ),
         dependent_launch=True,
     ),
@@ -142,6 +148,7 @@ def attention_launch(cfg: AttentionConfig, *, head_dim: int, group: int, decode:
         TILE=max(tile, 16),
         num_warps=cfg.num_warps if decode else cfg.num_warps_prefill,
         num_stages=cfg.num_stages if decode else cfg.num_stages_prefill,
+        MASK_ALL=decode or not cfg.unmasked_full_tiles,
     )
 
 
