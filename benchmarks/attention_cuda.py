@@ -241,6 +241,16 @@ def sdpa(q, k, v, causal):
         )
 
 
+def _flashinfer_pages(md, batch, kv_len):
+    """FlashInfer's description of the block table: page offsets per sequence, the pages, the last page's fill."""
+    device = md.block_table.device
+    per_seq = -(-kv_len // BLOCK)
+    indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
+    indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
+    last = torch.full((batch,), kv_len - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
+    return indptr, indices, last
+
+
 def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
     """A callable running FlashInfer's paged decode on each of the same caches, or an error string.
     ``tensor_cores``: FlashInfer's tensor-core decode (its prefill kernel), which it recommends for GQA groups >= 4."""
@@ -249,14 +259,10 @@ def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
     except Exception:
         return "not installed"
     try:
-        device = q.device
-        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=q.device)
         wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
-        per_seq = -(-ctx // BLOCK)
-        indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
-        indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
-        last = torch.full((batch,), ctx - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
-        wrapper.plan(indptr, indices, last, HEADS, KV_HEADS, HEAD_DIM, BLOCK, data_type=q.dtype, q_data_type=q.dtype)
+        wrapper.plan(*_flashinfer_pages(md, batch, ctx), HEADS, KV_HEADS, HEAD_DIM, BLOCK, data_type=q.dtype,
+                     q_data_type=q.dtype)
         kvs = [(cache[0], cache[1]) for cache in caches]
         wrapper.run(q, kvs[0])
         return lambda: [wrapper.run(q, kv) for kv in kvs]
@@ -272,17 +278,11 @@ def flashinfer_prefill(q, cache, md, batch, seqlen, context=0):
     except Exception:
         return "not installed"
     try:
-        device = q.device
-        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        workspace = torch.empty(256 << 20, dtype=torch.uint8, device=q.device)
         wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
-        kv_len = context + seqlen
-        per_seq = -(-kv_len // BLOCK)
-        qo_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * seqlen
-        kv_indptr = torch.arange(batch + 1, dtype=torch.int32, device=device) * per_seq
-        indices = md.block_table[:, :per_seq].reshape(-1).contiguous()
-        last = torch.full((batch,), kv_len - (per_seq - 1) * BLOCK, dtype=torch.int32, device=device)
-        wrapper.plan(qo_indptr, kv_indptr, indices, last, HEADS, KV_HEADS, HEAD_DIM, BLOCK, causal=True,
-                     q_data_type=q.dtype, kv_data_type=cache.dtype)
+        qo_indptr = torch.arange(batch + 1, dtype=torch.int32, device=q.device) * seqlen
+        wrapper.plan(qo_indptr, *_flashinfer_pages(md, batch, context + seqlen), HEADS, KV_HEADS, HEAD_DIM, BLOCK,
+                     causal=True, q_data_type=q.dtype, kv_data_type=cache.dtype)
         kv = (cache[0], cache[1])
         wrapper.run(q, kv)
         return lambda: wrapper.run(q, kv)
