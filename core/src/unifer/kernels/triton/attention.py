@@ -6,6 +6,8 @@ once per KV head and query block. Query blocks are assigned to sequences by a bi
 ``query_start_loc`` (block ``b`` of sequence ``i`` has global index ``query_start_loc[i] // BLOCK_Q + i + b``), so
 the grid depends only on the number of tokens and sequences: fixed for graph capture. The KV loop walks tiles of
 TILE positions gathered through the block table (a tile may span several pages), with an online softmax in base 2.
+Where the config row turns on ``unmasked_full_tiles``, a prefill launch walks the tiles that every row of its block
+sees whole in a first loop without the causal and bounds masks, then the rest masked.
 
 Split-KV: for few tokens over long contexts, NUM_SEGMENTS > 1 programs share one query block's KV range and write
 partial (max, sum, acc) rows; ``_reduce_segments_kernel`` merges them.
