@@ -114,7 +114,8 @@ def _attention_case(
             sliding_window=sliding_window,
             soft_cap=soft_cap,
             num_segments=num_segments,
-            config=replace(current_configs(torch.device("cpu")).attention, unmasked_full_tiles=unmasked_full_tiles),
+            config=replace(current_configs(torch.device("cpu")).attention, unmasked_full_tiles=1)
+            if unmasked_full_tiles else None,
             out=out,
         )
     assert got.data_ptr() == out.data_ptr()

@@ -144,6 +144,8 @@ def _with_arch_config(arch: str, fn):
     directly, which on CPU tensors would otherwise pick the portable defaults)."""
 
     def run():
+        from dataclasses import replace
+
         from unifer.kernels.triton import lookup, module
 
         attention = module("attention")
@@ -151,8 +153,10 @@ def _with_arch_config(arch: str, fn):
         config = lookup("hip", arch).attention
 
         def with_config(*args, **kwargs):
-            kwargs.setdefault("config", config)
-            assert kwargs["config"] is config
+            # A shared case that asks for the unmasked loop over whole KV tiles gets it on the arch's row.
+            asked = kwargs.get("config")
+            kwargs["config"] = config if asked is None else replace(
+                config, unmasked_full_tiles=asked.unmasked_full_tiles)
             return launcher(*args, **kwargs)
 
         attention.unified_attention = with_config
