@@ -3,9 +3,9 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep captured profile graphs prefetch fusion pdl
-#   step step-ab eager mixed memory launch warmup attention model conformance serve; none given: all but sweep,
-#   captured, profile, graphs, prefetch, step-ab, eager, mixed, memory and
-#   launch
+#   step step-ab eager mixed memory launch warmup prefill attention model conformance serve; none given: all but
+#   sweep, captured, profile, graphs, prefetch, step-ab, eager, mixed, memory, launch and prefill
+#   prefill: attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0}
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
@@ -83,6 +83,10 @@ if want launch; then
 fi
 if want warmup; then
   python3 benchmarks/jit_warmup_cuda.py 2>&1 | tee "$out/jit-warmup.txt"
+fi
+if want prefill; then
+  python3 benchmarks/attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0} 2>&1 \
+    | grep -v "INFO\|^  ok" | tee "$out/prefill-variants.txt"
 fi
 if want attention; then
   python3 benchmarks/attention_cuda.py 2>&1 | tee "$out/attention.txt"
