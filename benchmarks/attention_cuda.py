@@ -489,6 +489,7 @@ def prefill_variants(device: str, specs: list[str]) -> None:
     last shape is a 2k-token chunk after a 14k context, which SDPA's causal mask (aligned top-left) cannot pose."""
     from dataclasses import replace
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
@@ -496,7 +497,6 @@ def prefill_variants(device: str, specs: list[str]) -> None:
     rows = {"current": base}
     for spec in specs:
         rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     print("\nprefill config variants (ms, eager, best of 3 interleaved rounds; TFLOP/s; ratio: current / variant)")
     print(f"{'seqs':>5}{'new':>7}{'ctx':>7}" + "".join(f"{name:>28}" for name in [*rows, "FlashInfer", "SDPA"]))

@@ -56,8 +56,8 @@ def _attend_tile(q, m_i, l_i, acc, t, kv_ptr, bt_row, kv_head_off, kv_stride0, k
                  ACC: tl.constexpr, MASKED: tl.constexpr):
     """One KV tile of the online softmax: gather K and V through the block table, fold them into (m, l, acc)."""
     k_pos = t * TILE + offs_t
-    k_valid = k_pos < kv_end
     if MASKED:
+        k_valid = k_pos < kv_end
         page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_valid, other=0).to(tl.int64)
         k_mask = dim_mask[:, None] & k_valid[None, :]
         v_mask = k_valid[:, None] & dim_mask[None, :]
