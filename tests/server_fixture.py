@@ -23,6 +23,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = name
+        self.model = model
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"unifer-serve-{self.port}.log"
         cmd = [sys.executable, "-m", "unifer.server.cli", "serve", str(model), "--port", str(self.port),
                "--served-model-name", name, "--log-level", "warning", *extra]

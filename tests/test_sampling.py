@@ -34,7 +34,8 @@ def state(params: SamplingParams, prompt=(1, 2, 3), output=(), seed: int | None 
     ("n", 0), ("max_tokens", 0), ("temperature", -0.1), ("top_k", -2), ("top_p", 0.0), ("top_p", 1.5),
     ("min_p", -0.1), ("min_p", 1.1), ("logprobs", 21), ("logprobs", -1), ("presence_penalty", 2.5),
     ("frequency_penalty", -3.0), ("repetition_penalty", 0.0), ("stop", [""]), ("stop", ""),
-    ("stop_token_ids", ["x"]), ("bogus", 1),
+    ("stop_token_ids", ["x"]), ("bogus", 1), ("logit_bias", {3: 100.5}), ("logit_bias", {3: float("nan")}),
+    ("logit_bias", {-1: 1.0}),
 ])
 def test_invalid_params_name_the_field(field, value):
     with pytest.raises(ValidationError) as info:
@@ -188,6 +189,35 @@ def test_temperature_sampling_frequencies_match_softmax(sampler, temperature):
     expected = torch.softmax(row.double() / temperature, -1) * draws
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < CHI2_CRIT_P001[vocab - 1], (chi2, counts.tolist(), expected.tolist())
+
+
+# logit bias --------------------------------------------------------------------------------------------------------
+def test_logit_bias_added_before_penalties_and_argmax(sampler):
+    logits = torch.randn(3, VOCAB, generator=gen(6))
+    biases = [{int(logits[0].argmin()): 100.0}, {}, {int(logits[2].argmax()): -100.0, 7: 0.5}]
+    params = [SamplingParams(temperature=0, logit_bias=b) for b in biases]
+    params[1] = SamplingParams(temperature=0, repetition_penalty=1.3, logprobs=1)
+    outputs = [[], [int(logits[1].argmax())], []]
+    out = sampler(logits, [state(p, output=o) for p, o in zip(params, outputs, strict=True)])
+    expected = logits.clone()
+    for row, bias in enumerate(biases):
+        for token, value in bias.items():
+            expected[row, token] += value
+    seen = int(logits[1].argmax())
+    x = expected[1, seen]
+    expected[1, seen] = x / 1.3 if x > 0 else x * 1.3
+    assert out.token_ids == expected.argmax(-1).tolist()
+    assert out.token_ids[0] == int(logits[0].argmin()) and out.token_ids[2] != int(logits[2].argmax())
+
+
+def test_logit_bias_bans_and_forces_sampled_tokens(sampler):
+    row = torch.zeros(VOCAB)  # uniform: every token is as likely as the others
+    banned = {t: -100.0 for t in range(VOCAB // 2)}
+    assert _support(sampler, row, SamplingParams(logit_bias=banned)) == set(range(VOCAB // 2, VOCAB))
+    assert _support(sampler, row, SamplingParams(temperature=1.5, logit_bias={9: 100.0})) == {9}
+    # logprobs stay those of the raw logits, as without the bias
+    out = sampler(row[None].clone(), [state(SamplingParams(temperature=0, logit_bias={9: 100.0}, logprobs=0))])
+    assert out.token_ids == [9] and math.isclose(out.logprobs[0][9], -math.log(VOCAB), rel_tol=1e-5)
 
 
 # logprobs ----------------------------------------------------------------------------------------------------------

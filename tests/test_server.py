@@ -60,6 +60,35 @@ def test_completion_prompt_forms_n_and_logprobs(client):
     assert "e" not in stopped.choices[0].text
 
 
+def test_logit_bias_forces_and_bans_tokens(server, client):
+    forced = client.completions.create(model="tiny", prompt=[40, 41], max_tokens=4, temperature=1.0, seed=0,
+                                       logit_bias={"17": 100}, logprobs=0)
+    free = client.completions.create(model="tiny", prompt=[40, 41], max_tokens=4, temperature=0, logprobs=0)
+    assert forced.choices[0].logprobs.tokens == [tokenizer(server).decode([17])] * 4
+    first = free.choices[0].logprobs.tokens[0]
+    banned = client.completions.create(model="tiny", prompt=[40, 41], max_tokens=1, temperature=0, logprobs=0,
+                                       logit_bias={str(t): -100 for t in token_ids(server, first)})
+    assert banned.choices[0].logprobs.tokens[0] != first
+    # fields that change nothing here are accepted
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                          response_format={"type": "text"}, tool_choice="none",
+                                          tools=[{"type": "function", "function": {"name": "f"}}])
+    assert chat.choices[0].message.content is not None
+    assert client.completions.create(model="tiny", prompt="x", max_tokens=2, n=2, best_of=2).choices
+
+
+def token_ids(server, text: str) -> list[int]:
+    """Every token id that decodes to ``text`` (byte-fallback pieces can share one)."""
+    tok = tokenizer(server)
+    return [t for t in range(tok.get_vocab_size()) if tok.decode([t]) == text]
+
+
+def tokenizer(server):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(server.model / "tokenizer.json"))
+
+
 def test_chat_streamed_and_not(client):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
                 {"role": "assistant", "content": "hi"}, {"role": "user", "content": "the cache"}]
@@ -90,6 +119,19 @@ def test_errors_are_openai_shaped(server, client):
         ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                                "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
         ("/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
+        ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+        ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {str(10**6): 1}}, 400, None),
+        # OpenAI fields whose meaning this server lacks are refused, never silently dropped
+        ("/completions", {"model": "tiny", "prompt": "x", "best_of": 3}, 400, "best_of"),
+        ("/completions", {"model": "tiny", "prompt": "x", "suffix": "end"}, 400, "suffix"),
+        ("/completions", {"model": "tiny", "prompt": "x", "echo": True}, 400, "echo"),
+        ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                               "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                               "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                               "functions": [{"name": "f"}]}, 400, "functions"),
     ]
     for path, body, status, param in cases:
         r = httpx.post(url + path, json=body, timeout=30)

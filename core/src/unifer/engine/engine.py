@@ -189,6 +189,10 @@ class LLMEngine:
         if request_id in self._parents:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self._prompt_ids(prompt)
+        vocab = self.model.spec.vocab_size
+        biased = [t for t in params.logit_bias or {} if t >= vocab]
+        if biased:
+            raise ValueError(f"logit_bias token id {biased[0]} is outside the vocabulary [0, {vocab})")
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.max_model_len:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 
 
 class SamplingParams(BaseModel):
@@ -31,6 +32,9 @@ class SamplingParams(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = Field(
+        None, description="token id -> a bias added to its logit before penalties and sampling (-100 to 100, as "
+                          "OpenAI; -100 in effect bans the token)")
 
     @field_validator("top_k")
     @classmethod
@@ -50,6 +54,16 @@ class SamplingParams(BaseModel):
                 raise ValueError("stop strings must be non-empty")
             return list(v)
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, v: dict[int, float] | None) -> dict[int, float] | None:
+        for token, bias in (v or {}).items():
+            if token < 0:
+                raise ValueError(f"logit_bias token id {token} is negative")
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias of token {token} is {bias}, outside [-100, 100]")
+        return v or None
 
     @property
     def greedy(self) -> bool:

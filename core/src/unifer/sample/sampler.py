@@ -1,7 +1,7 @@
 """The sampler: one vectorised pass over a batch of logits rows, each with its own SamplingParams.
 
 Pipeline (each stage runs only when some row needs it, so the all-greedy batch is one argmax):
-raw logprobs -> penalties -> greedy rows: argmax -> others: temperature, top-k/top-p/min-p, softmax, draw.
+raw logprobs -> logit bias -> penalties -> greedy rows: argmax -> others: temperature, top-k/top-p/min-p, softmax, draw.
 The kernels come from the backend's ops table, so a backend can replace any stage.
 """
 
@@ -103,6 +103,8 @@ class Sampler:
         if any(p.logprobs is not None for p in params):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
 
+        if any(p.logit_bias for p in params):
+            logits = self._apply_logit_bias(logits, params)
         if any(p.uses_penalties for p in params):
             logits = self._apply_penalties(logits, batch)
 
@@ -142,12 +144,23 @@ class Sampler:
         return out
 
     # stages ----------------------------------------------------------------------------------------------------
+    def _apply_logit_bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        num_rows, vocab = logits.shape
+        rows, ids, values = [], [], []
+        for row, p in enumerate(params):
+            for token, bias in (p.logit_bias or {}).items():
+                rows.append(row)
+                ids.append(token)
+                values.append(bias)
+        index = _flat_index(rows, ids, num_rows, vocab, logits.device)
+        values_t = torch.tensor(values + [0.0] * (index.numel() - len(values)), dtype=torch.float32,
+                                device=logits.device)
+        bias = torch.zeros((num_rows + 1) * vocab, dtype=torch.float32, device=logits.device)
+        return logits + bias.index_put((index,), values_t).view(num_rows + 1, vocab)[:num_rows]
+
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
         num_rows, vocab = logits.shape
         device = logits.device
-        # Flatten (row, token) pairs once, so each scatter is a single call for the whole batch. The index lists
-        # are padded to a power-of-two length, pointing into a scratch row past the batch: a compiling backend then
-        # sees a few index shapes, not a new one every step as the outputs grow.
         p_rows, p_ids, o_rows, o_ids = [], [], [], []
         for row, s in enumerate(batch):
             if not s.params.uses_penalties:
@@ -157,15 +170,11 @@ class Sampler:
             o_rows.extend([row] * len(s.output_token_ids))
             o_ids.extend(s.output_token_ids)
 
-        def flat_index(rows: list[int], ids: list[int]) -> torch.Tensor:
-            pad = next_pow2(len(rows), 16) - len(rows)
-            rows_t = torch.tensor(rows + [num_rows] * pad, dtype=torch.int64, device=device)
-            return rows_t * vocab + torch.tensor(ids + [0] * pad, dtype=torch.int64, device=device)
-
         size = (num_rows + 1) * vocab
         prompt_mask = torch.zeros(size, dtype=torch.bool, device=device)
-        prompt_mask = prompt_mask.index_fill(0, flat_index(p_rows, p_ids), True).view(num_rows + 1, vocab)[:num_rows]
-        o_flat = flat_index(o_rows, o_ids)
+        p_flat = _flat_index(p_rows, p_ids, num_rows, vocab, device)
+        prompt_mask = prompt_mask.index_fill(0, p_flat, True).view(num_rows + 1, vocab)[:num_rows]
+        o_flat = _flat_index(o_rows, o_ids, num_rows, vocab, device)
         output_counts = torch.zeros(size, dtype=torch.int32, device=device).scatter_add(
             0, o_flat, torch.ones_like(o_flat, dtype=torch.int32)).view(num_rows + 1, vocab)[:num_rows]
 
@@ -201,3 +210,12 @@ class Sampler:
             return sampled
         is_greedy = torch.tensor(greedy, dtype=torch.bool, device=device)
         return torch.where(is_greedy, greedy_tokens, sampled.to(greedy_tokens.dtype))
+
+
+def _flat_index(rows: list[int], ids: list[int], num_rows: int, vocab: int, device) -> torch.Tensor:
+    """(row, token) pairs as indices into a flat [num_rows + 1, vocab] tensor, so that one scatter serves the whole
+    batch. The list is padded to a power-of-two length with pairs in the scratch row past the batch: a compiling
+    backend then sees a few index shapes, not a new one every step as the outputs grow."""
+    pad = next_pow2(len(rows), 16) - len(rows)
+    rows_t = torch.tensor(rows + [num_rows] * pad, dtype=torch.int64, device=device)
+    return rows_t * vocab + torch.tensor(ids + [0] * pad, dtype=torch.int64, device=device)

@@ -321,8 +321,7 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
     @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
         server.check_model(body.model)
-        if body.echo:
-            raise ParamError("echo is not supported", "echo")
+        body.check_supported()
         prompts = _completion_prompts(server, body.prompt)
         explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
         rid = f"cmpl-{uuid.uuid4().hex}"
@@ -340,6 +339,7 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         server.check_model(body.model)
+        body.check_supported()
         tok = engine.tokenizer
         text = render_chat(tok.chat_template if tok else None, body.messages,
                            add_generation_prompt=body.add_generation_prompt,

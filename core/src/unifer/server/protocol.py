@@ -47,6 +47,8 @@ class _Sampling(_Request):
     stop_token_ids: TokenIds | None = Field(None, max_length=MAX_STOP)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = Field(
+        None, description="token id -> bias added to its logit before sampling, -100 to 100")
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (with the field named) for combinations the schema alone cannot catch."""
@@ -56,7 +58,8 @@ class _Sampling(_Request):
             min_p=self.min_p or 0.0, seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids or [],
             ignore_eos=self.ignore_eos, logprobs=logprobs, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty or 1.0,
-            include_stop_str_in_output=self.include_stop_str_in_output, skip_special_tokens=self.skip_special_tokens)
+            include_stop_str_in_output=self.include_stop_str_in_output, skip_special_tokens=self.skip_special_tokens,
+            logit_bias=self.logit_bias)
         try:
             return SamplingParams(**values)
         except ValidationError as e:
@@ -79,6 +82,18 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, description="only n itself: candidates are not ranked server-side")
+
+    def check_supported(self) -> None:
+        """Fields OpenAI defines whose meaning this server does not implement: refused, never silently dropped."""
+        if self.echo:
+            raise ParamError("echo is not supported", "echo")
+        if self.suffix:
+            raise ParamError("suffix is not supported", "suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ParamError(f"best_of {self.best_of} is not supported: candidates are not ranked server-side, so "
+                             "best_of may only equal n", "best_of")
 
 
 class TextPart(_Request):
@@ -106,6 +121,23 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None  # deprecated by OpenAI for tools
+    function_call: str | dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        """Fields OpenAI defines whose meaning this server does not implement: refused, never silently dropped."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ParamError(f"response_format type {kind!r} is not supported: this server has no guided decoding",
+                             "response_format")
+        if self.tools and self.tool_choice != "none":
+            raise ParamError("tool calling is not supported: send no tools, or tool_choice 'none'", "tools")
+        if self.functions and self.function_call != "none":
+            raise ParamError("function calling is not supported: send no functions, or function_call 'none'",
+                             "functions")
 
 
 # responses ------------------------------------------------------------------------------------------------------
