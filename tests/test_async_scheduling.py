@@ -190,3 +190,40 @@ def test_async_graphs_past_the_largest_bucket_match_sync(checkpoint_factory, mon
     llm, asynchronous = _run(folder, prompts, params, async_scheduling=True, **options)
     assert llm.engine.runner.graph_buckets[-1] == 256 and graphs.replays > 0
     _assert_same(asynchronous, sync)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_min_tokens_holds_off_eos_stop_ids_and_stop_strings(checkpoint_factory, with_events, async_scheduling):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    prompts = _prompts(seed=12, count=3)
+    _, probe = _run(folder, prompts, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+                    async_scheduling=False)
+    first = [o.outputs[0].token_ids for o in probe]
+    stop_text = probe[2].outputs[0].text[:1]
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", async_scheduling=async_scheduling)
+    eos = min(llm.engine.tokenizer.eos_token_ids)
+    params = [
+        # EOS is pushed to the top of every row, so only the ban keeps it out of the first four tokens
+        SamplingParams(max_tokens=24, temperature=0.0, min_tokens=4, logit_bias={eos: 100.0}),
+        SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, min_tokens=6, stop_token_ids=[first[1][1]]),
+        SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, min_tokens=5, stop=[stop_text]),
+    ]
+    out = [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)]
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
+    assert out[0].token_ids[4] == eos and len(out[0].token_ids) == 5 and out[0].finish_reason == "stop"
+    assert eos not in out[0].token_ids[:4]
+    # the stop id, banned for six tokens, as a -100 bias bans it: the same first six greedy tokens
+    _, biased = _run(folder, prompts[1:2], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True,
+                                                          logit_bias={first[1][1]: -100.0}), async_scheduling=False)
+    assert out[1].token_ids[:6] == biased[0].outputs[0].token_ids and len(out[1].token_ids) > 6
+    # the stop string, which the first token's text already holds, ends the sequence from the fifth token on;
+    # sampling itself is unchanged
+    assert len(out[2].token_ids) >= 5 and out[2].token_ids == first[2][:len(out[2].token_ids)]
+    assert out[2].finish_reason == "stop" and probe[2].outputs[0].text.startswith(out[2].text)
+    _, early = _run(folder, prompts[2:], params[2].model_copy(update={"min_tokens": 0}), async_scheduling=False)
+    assert len(early[0].outputs[0].token_ids) < 5
+
+
+def test_min_tokens_above_max_tokens_is_refused():
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(max_tokens=3, min_tokens=4)

@@ -120,6 +120,8 @@ def test_errors_are_openai_shaped(server, client):
                                "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
         ("/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
         ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ("/completions", {"model": "tiny", "prompt": "x", "min_tokens": -1}, 400, "min_tokens"),
+        ("/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2, "min_tokens": 3}, 400, None),
         ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
         ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {str(10**6): 1}}, 400, None),
         # OpenAI fields whose meaning this server lacks are refused, never silently dropped

@@ -36,7 +36,7 @@ class IncrementalDetokenizer:
     """
 
     def __init__(self, tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True,
-                 stop: Sequence[str] = (), include_stop_str_in_output: bool = False) -> None:
+                 stop: Sequence[str] = (), include_stop_str_in_output: bool = False, min_tokens: int = 0) -> None:
         if isinstance(stop, str):
             stop = [stop]
         if any(not s for s in stop):
@@ -45,6 +45,8 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self.stop = tuple(stop)
         self.include_stop_str_in_output = include_stop_str_in_output
+        self.min_tokens = min_tokens  # stop strings are looked for once this many tokens are in
+        self._num_tokens = 0
         self._max_stop = max((len(s) for s in self.stop), default=0)
         self._ids: list[int] = list(prompt_token_ids)[-_CONTEXT_TOKENS:]
         self._prefix_offset = 0
@@ -62,6 +64,7 @@ class IncrementalDetokenizer:
         if self.stopped:
             return StopCheck("", True, self.stop_string)
         self._ids.append(int(token_id))
+        self._num_tokens += 1
         return self._advance(final=False)
 
     def flush(self) -> str:
@@ -80,7 +83,7 @@ class IncrementalDetokenizer:
         if new:
             prior_len = len(self._full)
             self._full += new
-            if self.stop:
+            if self.stop and self._num_tokens >= self.min_tokens:
                 check = self._check_stop(max(0, prior_len - self._max_stop + 1))
                 if check is not None:
                     return check

@@ -206,7 +206,8 @@ class LLMEngine:
             if self.tokenizer is not None:
                 detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=params.skip_special_tokens,
                                                stop=params.stop or (),
-                                               include_stop_str_in_output=params.include_stop_str_in_output)
+                                               include_stop_str_in_output=params.include_stop_str_in_output,
+                                               min_tokens=params.min_tokens)
             generator = None
             if params.seed is not None and not params.greedy:
                 generator = self.backend.make_generator(params.seed + i)
@@ -268,7 +269,8 @@ class LLMEngine:
         pending = None
         if sampling:
             states = [SamplingState(seq.request.sampling_params, seq.request.prompt_token_ids,
-                                    seq.request.output_token_ids, seq.generator) for _, seq in sampling]
+                                    seq.request.output_token_ids, seq.generator, self._banned(seq.request))
+                      for _, seq in sampling]
             event = self.backend.step_event() if self.async_scheduling else None
             pending = self.sampler.launch(logits, states, event)
         if inflight is not None:
@@ -293,6 +295,15 @@ class LLMEngine:
             request.append_token(-(j + 1))
             placed.append(request)
         return _InFlight(sampling, pending, placed)
+
+    def _banned(self, request: Request) -> tuple[int, ...]:
+        """The tokens that may not end the request at the row being sampled: before ``min_tokens`` outputs (counting
+        a placeholder still on the device), EOS and the stop ids."""
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            return ()
+        eos = () if params.ignore_eos or self.tokenizer is None else tuple(sorted(self.tokenizer.eos_token_ids))
+        return eos + tuple(params.stop_token_ids)
 
     def _reaches_length(self, request: Request, extra: int = 0) -> bool:
         """Whether ``extra`` more tokens bring the request to its max_tokens or to max_model_len."""

@@ -6,7 +6,7 @@ sampler and the engine can trust the values; every error names the offending fie
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
@@ -17,6 +17,8 @@ class SamplingParams(BaseModel):
 
     n: int = Field(1, ge=1, description="number of sequences to generate for the prompt")
     max_tokens: int | None = Field(16, ge=1, description="None: generate up to max_model_len")
+    min_tokens: int = Field(0, ge=0, description="tokens generated before EOS, stop_token_ids or stop strings may "
+                                                 "end the sequence (vLLM's)")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy")
     top_k: int = Field(0, description="0 or -1: off")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -64,6 +66,12 @@ class SamplingParams(BaseModel):
             if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
                 raise ValueError(f"logit_bias of token {token} is {bias}, outside [-100, 100]")
         return v or None
+
+    @model_validator(mode="after")
+    def _check_min_tokens(self) -> SamplingParams:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        return self
 
     @property
     def greedy(self) -> bool:

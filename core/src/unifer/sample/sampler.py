@@ -1,12 +1,14 @@
 """The sampler: one vectorised pass over a batch of logits rows, each with its own SamplingParams.
 
 Pipeline (each stage runs only when some row needs it, so the all-greedy batch is one argmax):
-raw logprobs -> logit bias -> penalties -> greedy rows: argmax -> others: temperature, top-k/top-p/min-p, softmax, draw.
+raw logprobs -> logit bias -> penalties -> banned tokens -> greedy rows: argmax -> others: temperature,
+top-k/top-p/min-p, softmax, draw.
 The kernels come from the backend's ops table, so a backend can replace any stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,13 +19,15 @@ from unifer.sample.params import SamplingParams
 
 @dataclass
 class SamplingState:
-    """What the sampler needs to know about one row: its params, its tokens so far (for penalties) and its
-    private generator (seeded rows draw only from it, so their tokens do not depend on the rest of the batch)."""
+    """What the sampler needs to know about one row: its params, its tokens so far (for penalties), its private
+    generator (seeded rows draw only from it, so their tokens do not depend on the rest of the batch) and the
+    tokens it may not draw this step (EOS and stop ids before ``min_tokens``)."""
 
     params: SamplingParams
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     generator: torch.Generator | None = None
+    banned_token_ids: Sequence[int] = ()
 
 
 @dataclass
@@ -107,6 +111,8 @@ class Sampler:
             logits = self._apply_logit_bias(logits, params)
         if any(p.uses_penalties for p in params):
             logits = self._apply_penalties(logits, batch)
+        if any(s.banned_token_ids for s in batch):
+            logits = self._ban(logits, batch)
 
         greedy = [p.greedy for p in params]
         if all(greedy):
@@ -157,6 +163,14 @@ class Sampler:
                                 device=logits.device)
         bias = torch.zeros((num_rows + 1) * vocab, dtype=torch.float32, device=logits.device)
         return logits + bias.index_put((index,), values_t).view(num_rows + 1, vocab)[:num_rows]
+
+    def _ban(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
+        num_rows, vocab = logits.shape
+        rows = [row for row, s in enumerate(batch) for _ in s.banned_token_ids]
+        ids = [t for s in batch for t in s.banned_token_ids]
+        index = _flat_index(rows, ids, num_rows, vocab, logits.device)
+        ban = torch.zeros((num_rows + 1) * vocab, dtype=torch.bool, device=logits.device).index_fill(0, index, True)
+        return logits.masked_fill(ban.view(num_rows + 1, vocab)[:num_rows], float("-inf"))
 
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
         num_rows, vocab = logits.shape

@@ -44,6 +44,7 @@ class _Sampling(_Request):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
     stop_token_ids: TokenIds | None = Field(None, max_length=MAX_STOP)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
@@ -53,7 +54,8 @@ class _Sampling(_Request):
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (with the field named) for combinations the schema alone cannot catch."""
         values: dict[str, Any] = dict(
-            n=self.n, max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
+            n=self.n, max_tokens=max_tokens, min_tokens=self.min_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p, top_k=0 if self.top_k is None else self.top_k,
             min_p=self.min_p or 0.0, seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids or [],
             ignore_eos=self.ignore_eos, logprobs=logprobs, presence_penalty=self.presence_penalty,
