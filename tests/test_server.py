@@ -119,6 +119,8 @@ def test_errors_are_openai_shaped(server, client):
         ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                                "max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
         ("/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
+        ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, 400, "messages"),
         ("/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
         ("/completions", {"model": "tiny", "prompt": "x", "min_tokens": -1}, 400, "min_tokens"),
         ("/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2, "min_tokens": 3}, 400, None),
