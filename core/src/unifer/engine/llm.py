@@ -1,4 +1,4 @@
-"""The offline API: ``LLM(model=PATH).generate(prompts, SamplingParams(...))``."""
+"""The offline API: ``LLM(model=PATH).generate(prompts, SamplingParams(...))``, and ``chat(messages)``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,34 @@ class LLM:
 
     def get_tokenizer(self):
         return self.engine.tokenizer
+
+    def chat(
+        self,
+        messages: Sequence[dict] | Sequence[Sequence[dict]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """vLLM's ``LLM.chat``: one conversation (a list of ``{"role": ..., "content": ...}``) or a list of them,
+        each rendered with the checkpoint's chat template as ``/v1/chat/completions`` renders it, then generated as
+        ``generate`` does."""
+        # The server's renderer and message schema, so both entry points format a conversation alike; neither
+        # module imports the web framework.
+        from unifer.server.chat import render_chat
+        from unifer.server.protocol import ChatMessage
+
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise ValueError("this checkpoint has no tokenizer.json, which chat needs; use generate with token ids")
+        prompts = []
+        for conversation in conversations:
+            text = render_chat(tok.chat_template, [ChatMessage.model_validate(m) for m in conversation],
+                               add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
+                               eos_token=tok.eos_token)
+            # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).
+            prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False), "prompt": text})
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def generate(
         self,
