@@ -1,6 +1,7 @@
 """OpenAI request and response schemas (the subset unifer serves), plus the conversion to SamplingParams.
 
-Requests ignore unknown fields, as OpenAI clients send extras (``user``, ``metadata``) that change nothing here.
+Requests ignore unknown fields, as OpenAI clients send extras (``user``, ``metadata``) that change nothing here;
+fields that would change what is generated and are not implemented are refused with a 400 that names them.
 Bounds live in the schema so that the OpenAPI document (and schemathesis, which reads it) knows them.
 """
 
@@ -26,8 +27,16 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+# vLLM's request extras that change what is generated and that this server does not implement: refused by name.
+# Other unknown fields are ignored (OpenAI clients send ``user``, ``metadata`` and the like).
+REFUSED_EXTRAS = ("prompt_logprobs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                  "structured_outputs", "use_beam_search", "bad_words", "allowed_token_ids")
+
+
 class _Sampling(_Request):
     """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="allow")  # kept, not validated, so that check_extras can see them
 
     model: str | None = Field(None, description="the served model name; omitted means the served model")
     n: int = Field(1, ge=1, le=MAX_N)
@@ -50,6 +59,11 @@ class _Sampling(_Request):
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = Field(
         None, description="token id -> bias added to its logit before sampling, -100 to 100")
+
+    def check_extras(self) -> None:
+        for name in REFUSED_EXTRAS:
+            if (self.model_extra or {}).get(name) not in (None, False, 0, "", [], {}):
+                raise ParamError(f"{name} is not supported by this server", name)
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (with the field named) for combinations the schema alone cannot catch."""
@@ -89,6 +103,7 @@ class CompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         """Fields OpenAI defines whose meaning this server does not implement: refused, never silently dropped."""
+        self.check_extras()
         if self.echo:
             raise ParamError("echo is not supported", "echo")
         if self.suffix:
@@ -141,6 +156,7 @@ class ChatCompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         """Fields OpenAI defines whose meaning this server does not implement: refused, never silently dropped."""
+        self.check_extras()
         kind = (self.response_format or {}).get("type", "text")
         if kind != "text":
             raise ParamError(f"response_format type {kind!r} is not supported: this server has no guided decoding",
