@@ -1,8 +1,8 @@
 """Level 4: end to end. Tiny Llama and Qwen2 checkpoints generate the same greedy tokens as the CPU reference
 backend (logprobs close; at a first difference each side's token must be in the other's top-N), a 500-step
 run with arrivals and aborts leaks no KV block and keeps device memory flat, a backend with step events gives
-the same outputs with asynchronous scheduling as without, and one with a graph runner gives the same outputs with
-graphs (decode and mixed-step) as eagerly."""
+the same outputs with asynchronous scheduling as without, one with a graph runner gives the same outputs with
+graphs (decode and mixed-step) as eagerly, and ``logit_bias`` and ``min_tokens`` hold on the backend."""
 
 from __future__ import annotations
 
@@ -181,6 +181,49 @@ def _same_outputs(arch: str, baseline: dict, variant: dict, label: str, what: st
     return run
 
 
+def _sampling_controls(arch: str):
+    """A case: ``logit_bias`` and ``min_tokens`` through the engine on the backend, with its default scheduling
+    (asynchronous where it has step events). +100 must force a token at every sampled step, -100 must keep the
+    greedy token out, and ``min_tokens`` must hold off a stop token that would otherwise end the request at once."""
+    def run(backend, config, seed):
+        from unifer import SamplingParams
+
+        rng = random.Random(seed)
+        path, dtype, bs = _engine_setup(backend, arch)
+        prompt = {"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(PROMPT_LENS[2])]}
+        llm = _llm(path, backend.name, dtype, bs, num_blocks=32)
+        free = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True),
+                            use_tqdm=False)[0].outputs[0].token_ids
+        forced = next(t for t in range(2, tiny_models.VOCAB) if t not in free)
+        params = [
+            SamplingParams(temperature=1.0, seed=rng.randrange(1000), max_tokens=8, ignore_eos=True,
+                           logit_bias={forced: 100.0}),
+            SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, logit_bias={free[0]: -100.0}),
+            SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, min_tokens=4, stop_token_ids=[free[0]]),
+            SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, stop_token_ids=[free[0]]),
+        ]
+        outs = [o.outputs[0] for o in llm.generate([prompt] * len(params), params, use_tqdm=False)]
+        problems = []
+        if outs[0].token_ids != [forced] * 8:
+            problems.append(f"logit_bias +100 on token {forced}: generated {outs[0].token_ids}")
+        if outs[1].token_ids == [free[0]]:
+            problems.append(f"logit_bias -100 on the greedy token {free[0]}: it was still generated")
+        held = outs[2].token_ids
+        if free[0] in held[:4] or len(held) < 5:
+            problems.append(f"min_tokens 4 with stop token {free[0]}: generated {held} ({outs[2].finish_reason})")
+        if outs[3].token_ids != [free[0]] or outs[3].finish_reason != "stop":
+            problems.append(f"stop token {free[0]} without min_tokens: generated {outs[3].token_ids}")
+        engine = llm.engine
+        if engine.kv.num_free_blocks != engine.num_blocks - 1:
+            problems.append(f"{engine.num_blocks - 1 - engine.kv.num_free_blocks} KV block(s) leaked")
+        mode = "asynchronous" if engine.async_scheduling else "synchronous"
+        summary = (f"logit_bias +100 forced token {forced} 8 times, -100 kept out token {free[0]}, min_tokens 4 held "
+                   f"off stop token {free[0]} ({mode} scheduling, {dtype})")
+        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
+
+    return run
+
+
 # A 32-token step budget chunks the longer prompts, so prefill chunks share steps with decodes; every step fits
 # one of these sizes, so with graphs on no step runs eagerly.
 _MIXED_SIZES = [8, 16, 32]
@@ -205,6 +248,7 @@ def cases(backend) -> list[Case]:
                 continue  # reduced precision: one architecture is enough to keep the run short
             out.append(Case(cid, "e2e", None if why else _greedy(arch, dtype), dict(arch=arch, dtype=dtype), why))
     out.append(Case("e2e/no_leak/llama/500_steps", "e2e", _leak("llama"), dict(arch="llama", steps=500)))
+    out.append(Case("e2e/sampling_controls/llama", "e2e", _sampling_controls("llama"), dict(arch="llama")))
     events = backend.step_event() is not None
     same_async = _same_outputs("llama", dict(async_scheduling=False), dict(async_scheduling=True),
                                "with asynchronous scheduling")
