@@ -1,9 +1,16 @@
-"""``LLM.chat`` (vLLM's offline chat API) against transformers' ``apply_chat_template`` on the same checkpoint."""
+"""``LLM.chat`` (vLLM's offline chat API) against transformers' ``apply_chat_template`` on the same checkpoint, and
+``--chat-template`` / ``chat_template=`` in place of the checkpoint's template."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import httpx
 import pytest
+from server_fixture import LiveServer
 from unifer import LLM, SamplingParams
+from unifer.model.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 CONVERSATIONS = [
@@ -51,3 +58,39 @@ def test_chat_errors_are_clear(llm):
         engine.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], GREEDY,
                     use_tqdm=False)
     assert engine.engine.kv.num_free_blocks == engine.engine.kv.num_usable_blocks
+
+
+def test_chat_template_override(llm, tmp_path):
+    import transformers
+
+    folder, engine = llm
+    template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                "{% if add_generation_prompt %}>{% endif %}")
+    file = tmp_path / "template.jinja"
+    file.write_text(template, encoding="utf-8")
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    want = hf.apply_chat_template(_text_only(CONVERSATIONS[1]), chat_template=template, tokenize=True,
+                                  add_generation_prompt=True)
+    for source in (template, str(file)):
+        out = engine.chat(CONVERSATIONS[1], GREEDY, use_tqdm=False, chat_template=source)[0]
+        assert out.prompt_token_ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+    with pytest.raises(ValueError, match="does not compile"):
+        engine.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False, chat_template="{% for m in messages %}")
+
+
+def test_serve_chat_template_flag(checkpoint_factory, tmp_path):
+    folder = checkpoint_factory("LlamaForCausalLM")
+    file = tmp_path / "plain.jinja"
+    file.write_text("{% for m in messages %}{{ m.content }}{% endfor %}", encoding="utf-8")
+    live = LiveServer(folder, "--chat-template", str(file)).wait_ready()
+    try:
+        r = httpx.post(f"{live.url}/v1/chat/completions", timeout=30, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        tok = Tokenizer.from_pretrained(folder)
+        assert r.json()["usage"]["prompt_tokens"] == len(tok.encode("hello world", add_special_tokens=False))
+    finally:
+        live.stop()
+    bad = subprocess.run([sys.executable, "-m", "unifer.cli", "serve", str(folder), "--chat-template", "{% if %}"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "does not compile" in bad.stderr

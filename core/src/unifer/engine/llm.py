@@ -61,22 +61,24 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
+        chat_template: str | None = None,
     ) -> list[RequestOutput]:
         """vLLM's ``LLM.chat``: one conversation (a list of ``{"role": ..., "content": ...}``) or a list of them,
-        each rendered with the checkpoint's chat template as ``/v1/chat/completions`` renders it, then generated as
-        ``generate`` does."""
+        each rendered with the checkpoint's chat template (or ``chat_template``, a file or the template itself) as
+        ``/v1/chat/completions`` renders it, then generated as ``generate`` does."""
         # The server's renderer and message schema, so both entry points format a conversation alike; neither
         # module imports the web framework.
-        from unifer.server.chat import render_chat
+        from unifer.server.chat import load_chat_template, render_chat
         from unifer.server.protocol import ChatMessage
 
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("this checkpoint has no tokenizer.json, which chat needs; use generate with token ids")
+        template = load_chat_template(chat_template) if chat_template else tok.chat_template
         prompts = []
         for conversation in conversations:
-            text = render_chat(tok.chat_template, [ChatMessage.model_validate(m) for m in conversation],
+            text = render_chat(template, [ChatMessage.model_validate(m) for m in conversation],
                                add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
                                eos_token=tok.eos_token)
             # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).

@@ -252,7 +252,9 @@ class _Server:
 
 
 def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | None = None, *,
-              max_body_bytes: int = MAX_BODY_BYTES, retry_after_s: int = 1) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, retry_after_s: int = 1,
+              chat_template: str | None = None) -> FastAPI:
+    """``chat_template`` replaces the checkpoint's (vLLM's ``--chat-template``)."""
     server = _Server(engine, served_model_name)
     metrics = ServerMetrics(engine, served_model_name)
     engine.listeners.append(metrics)
@@ -341,7 +343,7 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
         server.check_model(body.model)
         body.check_supported()
         tok = engine.tokenizer
-        text = render_chat(tok.chat_template if tok else None, body.messages,
+        text = render_chat(chat_template or (tok.chat_template if tok else None), body.messages,
                            add_generation_prompt=body.add_generation_prompt,
                            bos_token=tok.bos_token if tok else None, eos_token=tok.eos_token if tok else None)
         # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).

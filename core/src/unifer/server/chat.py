@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -33,6 +34,20 @@ def _compile(template: str) -> jinja2.Template:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
+
+
+def load_chat_template(source: str) -> str:
+    """A template given as a file or as the template itself (vLLM's ``--chat-template``), checked to compile."""
+    path = Path(source)
+    try:
+        template = path.read_text(encoding="utf-8") if path.is_file() else source
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the chat template {source!r}: {e}") from e
+    try:
+        _compile(template)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"the chat template {source!r} does not compile: {e}") from e
+    return template
 
 
 def render_chat(template: str | None, messages: list[ChatMessage], *, add_generation_prompt: bool = True,

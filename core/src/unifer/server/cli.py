@@ -25,6 +25,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: env UNIFER_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the name clients send as 'model' (default: MODEL)")
+    p.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                   help="a jinja2 chat template (a file, or the template itself) in place of the checkpoint's")
     p.add_argument("--backend", default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
@@ -62,7 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from unifer.engine.async_engine import AsyncLLMEngine
     from unifer.engine.engine import LLMEngine
     from unifer.server.app import build_app
+    from unifer.server.chat import load_chat_template
 
+    chat_template = load_chat_template(args.chat_template) if args.chat_template else None  # before the model loads
     config = EngineConfig(
         model=ModelConfig(model=args.model, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed),
         cache=CacheConfig(block_size=args.block_size, num_blocks=args.num_blocks,
@@ -74,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = AsyncLLMEngine(LLMEngine(config), max_waiting=args.max_waiting)
     api_key = args.api_key or os.environ.get("UNIFER_API_KEY") or None
     app = build_app(engine, args.served_model_name or args.model, api_key=api_key,
-                    max_body_bytes=args.max_body_bytes)
+                    max_body_bytes=args.max_body_bytes, chat_template=chat_template)
     print(f"unifer serve: {args.model} on backend {engine.engine.backend.name}, max_model_len "
           f"{engine.max_model_len}, {engine.engine.num_blocks} KV blocks, auth {'on' if api_key else 'off'}",
           flush=True)
