@@ -89,6 +89,31 @@ def tokenizer(server):
     return Tokenizer.from_file(str(server.model / "tokenizer.json"))
 
 
+def test_tokenize_and_detokenize(server):
+    tok = tokenizer(server)
+    r = httpx.post(f"{server.url}/tokenize", json={"model": "tiny", "prompt": "hello world"}, timeout=30).json()
+    assert r["tokens"] == tok.encode("hello world").ids and r["count"] == len(r["tokens"])
+    assert r["max_model_len"] == MAX_MODEL_LEN
+    bare = httpx.post(f"{server.url}/tokenize", json={"prompt": "hello world", "add_special_tokens": False}).json()
+    assert bare["tokens"] == tok.encode("hello world", add_special_tokens=False).ids
+    messages = [{"role": "user", "content": "hi"}]
+    chat = httpx.post(f"{server.url}/tokenize", json={"messages": messages}).json()
+    completion = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": messages, "max_tokens": 1},
+                            timeout=30).json()
+    assert chat["count"] == completion["usage"]["prompt_tokens"]
+    back = httpx.post(f"{server.url}/detokenize", json={"tokens": bare["tokens"]}).json()
+    assert back["prompt"] == tok.decode(bare["tokens"], skip_special_tokens=False)
+    bad = [
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": "x", "messages": messages}, "prompt"),
+        ("/detokenize", {"tokens": [10**6]}, "tokens"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+    ]
+    for path, body, param in bad:
+        r = httpx.post(f"{server.url}{path}", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.text)
+
+
 def test_chat_streamed_and_not(client):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
                 {"role": "assistant", "content": "hi"}, {"role": "user", "content": "the cache"}]

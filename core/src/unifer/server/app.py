@@ -25,10 +25,14 @@ from unifer.server.metrics import ServerMetrics
 from unifer.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     ModelCard,
     ModelList,
     ParamError,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from unifer.server.render import ChatRenderer, CompletionRenderer, Renderer
 
@@ -316,6 +320,12 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)], responses=_ERROR_RESPONSES)
 
+    def render(messages, add_generation_prompt: bool) -> str:
+        tok = engine.tokenizer
+        return render_chat(chat_template or (tok.chat_template if tok else None), messages,
+                           add_generation_prompt=add_generation_prompt,
+                           bos_token=tok.bos_token if tok else None, eos_token=tok.eos_token if tok else None)
+
     @v1.get("/models", response_model=ModelList)
     async def models():
         return ModelList(data=[ModelCard(id=served_model_name, max_model_len=engine.max_model_len)])
@@ -342,10 +352,7 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         server.check_model(body.model)
         body.check_supported()
-        tok = engine.tokenizer
-        text = render_chat(chat_template or (tok.chat_template if tok else None), body.messages,
-                           add_generation_prompt=body.add_generation_prompt,
-                           bos_token=tok.bos_token if tok else None, eos_token=tok.eos_token if tok else None)
+        text = render(body.messages, body.add_generation_prompt)
         # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).
         ids = server.encode(text, add_special_tokens=False, param="messages")
         if not body.logprobs and body.top_logprobs:
@@ -361,6 +368,35 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
         return await server.respond(request, streams, renderer, body.stream, _usage(body))
 
     app.include_router(v1)
+
+    # vLLM's token utilities, behind the same key as /v1.
+    tools = APIRouter(dependencies=[Depends(check_key)], responses=_ERROR_RESPONSES)
+
+    @tools.post("/tokenize", response_model=TokenizeResponse)
+    async def tokenize(body: TokenizeRequest):
+        server.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise ParamError("send either a prompt or messages", "prompt")
+        if body.messages is not None:
+            text, param = render(body.messages, body.add_generation_prompt), "messages"
+        else:
+            text, param = body.prompt, "prompt"
+        special = body.add_special_tokens if body.add_special_tokens is not None else body.messages is None
+        ids = server.encode(text, add_special_tokens=special, param=param)
+        return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids)
+
+    @tools.post("/detokenize", response_model=DetokenizeResponse)
+    async def detokenize(body: DetokenizeRequest):
+        server.check_model(body.model)
+        tok = engine.tokenizer
+        if tok is None:
+            raise ParamError("this checkpoint has no tokenizer.json", "tokens")
+        bad = next((t for t in body.tokens if t >= tok.vocab_size), None)
+        if bad is not None:
+            raise ParamError(f"token id {bad} is outside the vocabulary [0, {tok.vocab_size})", "tokens")
+        return DetokenizeResponse(prompt=tok.decode(body.tokens, skip_special_tokens=False))
+
+    app.include_router(tools)
 
     @app.get("/health")
     async def health():

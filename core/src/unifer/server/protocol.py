@@ -168,6 +168,32 @@ class ChatCompletionRequest(_Sampling):
                              "functions")
 
 
+class TokenizeRequest(_Request):
+    """vLLM's ``/tokenize``: a prompt, or a conversation rendered as ``/v1/chat/completions`` renders it."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = Field(None, description="default: true for a prompt, false for messages (the "
+                                                              "chat template writes them)")
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: TokenIds = Field(max_length=1_000_000)
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 # responses ------------------------------------------------------------------------------------------------------
 class ErrorInfo(BaseModel):
     message: str
