@@ -26,24 +26,24 @@ def llm(checkpoint_factory):
     return folder, LLM(model=str(folder), backend="cpu", dtype="float32")
 
 
-def _text_only(conversation: list[dict]) -> list[dict]:
+def _hf_ids(folder, conversation: list[dict], **kwargs) -> list[int]:
+    """transformers' apply_chat_template on the same conversation, its content parts joined to text."""
+    import transformers
+
     def text(content) -> str:
         return content if isinstance(content, str) else "".join(part["text"] for part in content)
 
-    return [{**m, "content": text(m["content"])} for m in conversation]
+    messages = [{**m, "content": text(m["content"])} for m in conversation]
+    want = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(want["input_ids"] if hasattr(want, "keys") else want)  # transformers 5 returns a BatchEncoding
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_chat_renders_as_transformers_and_generates_as_generate(llm, add_generation_prompt):
-    import transformers
-
     folder, engine = llm
-    hf = transformers.AutoTokenizer.from_pretrained(folder)
     outs = engine.chat(CONVERSATIONS, GREEDY, use_tqdm=False, add_generation_prompt=add_generation_prompt)
     for conversation, out in zip(CONVERSATIONS, outs, strict=True):
-        want = hf.apply_chat_template(_text_only(conversation), tokenize=True,
-                                      add_generation_prompt=add_generation_prompt)
-        assert out.prompt_token_ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+        assert out.prompt_token_ids == _hf_ids(folder, conversation, add_generation_prompt=add_generation_prompt)
         alone = engine.generate({"prompt_token_ids": out.prompt_token_ids}, GREEDY, use_tqdm=False)[0]
         assert out.outputs[0].token_ids == alone.outputs[0].token_ids
     # one conversation alone is one output
@@ -61,19 +61,15 @@ def test_chat_errors_are_clear(llm):
 
 
 def test_chat_template_override(llm, tmp_path):
-    import transformers
-
     folder, engine = llm
     template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
                 "{% if add_generation_prompt %}>{% endif %}")
     file = tmp_path / "template.jinja"
     file.write_text(template, encoding="utf-8")
-    hf = transformers.AutoTokenizer.from_pretrained(folder)
-    want = hf.apply_chat_template(_text_only(CONVERSATIONS[1]), chat_template=template, tokenize=True,
-                                  add_generation_prompt=True)
+    want = _hf_ids(folder, CONVERSATIONS[1], chat_template=template, add_generation_prompt=True)
     for source in (template, str(file)):
         out = engine.chat(CONVERSATIONS[1], GREEDY, use_tqdm=False, chat_template=source)[0]
-        assert out.prompt_token_ids == list(want["input_ids"] if hasattr(want, "keys") else want)
+        assert out.prompt_token_ids == want
     with pytest.raises(ValueError, match="does not compile"):
         engine.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False, chat_template="{% for m in messages %}")
 

@@ -68,20 +68,18 @@ class LLM:
         ``/v1/chat/completions`` renders it, then generated as ``generate`` does."""
         # The server's renderer and message schema, so both entry points format a conversation alike; neither
         # module imports the web framework.
-        from unifer.server.chat import load_chat_template, render_chat
+        from unifer.server.chat import load_chat_template, render_conversation
         from unifer.server.protocol import ChatMessage
 
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tok = self.engine.tokenizer
         if tok is None:
             raise ValueError("this checkpoint has no tokenizer.json, which chat needs; use generate with token ids")
-        template = load_chat_template(chat_template) if chat_template else tok.chat_template
+        template = load_chat_template(chat_template) if chat_template else None
         prompts = []
         for conversation in conversations:
-            text = render_chat(template, [ChatMessage.model_validate(m) for m in conversation],
-                               add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
-                               eos_token=tok.eos_token)
-            # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).
+            text = render_conversation(tok, [ChatMessage.model_validate(m) for m in conversation],
+                                       add_generation_prompt=add_generation_prompt, template=template)
             prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False), "prompt": text})
         return self.generate(prompts, sampling_params, use_tqdm)
 

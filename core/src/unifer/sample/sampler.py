@@ -1,7 +1,7 @@
 """The sampler: one vectorised pass over a batch of logits rows, each with its own SamplingParams.
 
 Pipeline (each stage runs only when some row needs it, so the all-greedy batch is one argmax):
-raw logprobs -> logit bias -> penalties -> banned tokens -> greedy rows: argmax -> others: temperature,
+raw logprobs -> logit bias and banned tokens -> penalties -> greedy rows: argmax -> others: temperature,
 top-k/top-p/min-p, softmax, draw.
 The kernels come from the backend's ops table, so a backend can replace any stage.
 """
@@ -107,12 +107,10 @@ class Sampler:
         if any(p.logprobs is not None for p in params):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
 
-        if any(p.logit_bias for p in params):
-            logits = self._apply_logit_bias(logits, params)
+        if any(s.params.logit_bias or s.banned_token_ids for s in batch):
+            logits = self._apply_logit_bias(logits, batch)
         if any(p.uses_penalties for p in params):
             logits = self._apply_penalties(logits, batch)
-        if any(s.banned_token_ids for s in batch):
-            logits = self._ban(logits, batch)
 
         greedy = [p.greedy for p in params]
         if all(greedy):
@@ -150,27 +148,22 @@ class Sampler:
         return out
 
     # stages ----------------------------------------------------------------------------------------------------
-    def _apply_logit_bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    def _apply_logit_bias(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
+        """Each row's logit_bias, and -inf on its banned tokens (which the penalties then leave at -inf)."""
         num_rows, vocab = logits.shape
         rows, ids, values = [], [], []
-        for row, p in enumerate(params):
-            for token, bias in (p.logit_bias or {}).items():
+        for row, s in enumerate(batch):
+            terms = list((s.params.logit_bias or {}).items()) + [(t, float("-inf")) for t in s.banned_token_ids]
+            for token, value in terms:
                 rows.append(row)
                 ids.append(token)
-                values.append(bias)
+                values.append(value)
         index = _flat_index(rows, ids, num_rows, vocab, logits.device)
         values_t = torch.tensor(values + [0.0] * (index.numel() - len(values)), dtype=torch.float32,
                                 device=logits.device)
+        # accumulate: a banned token may carry a bias too, and the padding pairs repeat one scratch slot
         bias = torch.zeros((num_rows + 1) * vocab, dtype=torch.float32, device=logits.device)
-        return logits + bias.index_put((index,), values_t).view(num_rows + 1, vocab)[:num_rows]
-
-    def _ban(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
-        num_rows, vocab = logits.shape
-        rows = [row for row, s in enumerate(batch) for _ in s.banned_token_ids]
-        ids = [t for s in batch for t in s.banned_token_ids]
-        index = _flat_index(rows, ids, num_rows, vocab, logits.device)
-        ban = torch.zeros((num_rows + 1) * vocab, dtype=torch.bool, device=logits.device).index_fill(0, index, True)
-        return logits.masked_fill(ban.view(num_rows + 1, vocab)[:num_rows], float("-inf"))
+        return logits + bias.index_put((index,), values_t, accumulate=True).view(num_rows + 1, vocab)[:num_rows]
 
     def _apply_penalties(self, logits: torch.Tensor, batch: list[SamplingState]) -> torch.Tensor:
         num_rows, vocab = logits.shape

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import unifer
 from unifer.engine.async_engine import AsyncLLMEngine, EngineStepError, Overloaded, RequestStream
 from unifer.engine.outputs import RequestOutput
-from unifer.server.chat import render_chat
+from unifer.server.chat import render_conversation
 from unifer.server.metrics import ServerMetrics
 from unifer.server.protocol import (
     ChatCompletionRequest,
@@ -321,10 +321,8 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)], responses=_ERROR_RESPONSES)
 
     def render(messages, add_generation_prompt: bool) -> str:
-        tok = engine.tokenizer
-        return render_chat(chat_template or (tok.chat_template if tok else None), messages,
-                           add_generation_prompt=add_generation_prompt,
-                           bos_token=tok.bos_token if tok else None, eos_token=tok.eos_token if tok else None)
+        return render_conversation(engine.tokenizer, messages, add_generation_prompt=add_generation_prompt,
+                                   template=chat_template)
 
     @v1.get("/models", response_model=ModelList)
     async def models():
@@ -353,7 +351,6 @@ def build_app(engine: AsyncLLMEngine, served_model_name: str, api_key: str | Non
         server.check_model(body.model)
         body.check_supported()
         text = render(body.messages, body.add_generation_prompt)
-        # The template writes the special tokens itself (as Hugging Face's apply_chat_template assumes).
         ids = server.encode(text, add_special_tokens=False, param="messages")
         if not body.logprobs and body.top_logprobs:
             raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")

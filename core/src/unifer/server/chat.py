@@ -72,3 +72,14 @@ def render_chat(template: str | None, messages: list[ChatMessage], *, add_genera
     if len(text) > _MAX_RENDERED_CHARS:
         raise ChatTemplateError("the rendered conversation is too long", param="messages")
     return text
+
+
+def render_conversation(tokenizer, messages: list[ChatMessage], *, add_generation_prompt: bool = True,
+                        template: str | None = None) -> str:
+    """``render_chat`` with ``tokenizer``'s template (or ``template`` in its place) and special tokens; the server
+    and ``LLM.chat`` both render through here. The result is encoded without adding special tokens: the template
+    writes them itself (as Hugging Face's apply_chat_template assumes)."""
+    return render_chat(template or (tokenizer.chat_template if tokenizer else None), messages,
+                       add_generation_prompt=add_generation_prompt,
+                       bos_token=tokenizer.bos_token if tokenizer else None,
+                       eos_token=tokenizer.eos_token if tokenizer else None)

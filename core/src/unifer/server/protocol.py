@@ -62,7 +62,7 @@ class _Sampling(_Request):
 
     def check_extras(self) -> None:
         for name in REFUSED_EXTRAS:
-            if (self.model_extra or {}).get(name) not in (None, False, 0, "", [], {}):
+            if (self.model_extra or {}).get(name) not in (None, False, [], {}):  # sent, and asking for something
                 raise ParamError(f"{name} is not supported by this server", name)
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
