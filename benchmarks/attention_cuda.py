@@ -13,7 +13,8 @@ Timings are triton.testing.do_bench medians.
 
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
-    python benchmarks/attention_cuda.py --captured   # decode at the split-KV segments of a graph captured long
+    python benchmarks/attention_cuda.py --captured [skip_empty_segments=1]
+                                                     # decode at the split-KV segments of a graph captured long
     python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
                                                      # config variants against the current row, interleaved
     python benchmarks/attention_cuda.py --prefill-variants unmasked_full_tiles=0  # the same on prefill shapes
@@ -528,44 +529,53 @@ def prefill_variants(device: str, specs: list[str]) -> None:
         print(f"{batch:>5}{new:>7}{ctx:>7}{cells}")
 
 
-def captured(device: str) -> None:
+def captured(device: str, specs: list[str]) -> None:
     """Decode attention as a CUDA graph runs it: the runner captures each batch bucket with the segment count of
     the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
-    Times that count against the one fitted to the actual context, in the same run (graph replays, cold L2)."""
+    Times that count against the one fitted to the actual context, in the same run (graph replays, cold L2), for
+    the current config row and each variant in ``specs`` ("field=N[,field=N...]", as ``--variants`` takes)."""
+    from dataclasses import replace
+
     from unifer.kernels.triton.configs import attention_launch, choose_num_segments
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     cfg = current_configs(torch.device(device)).attention
+    rows = {"current": cfg}
+    for spec in specs:
+        rows[spec] = replace(cfg, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
     tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
-    lengths = (2048, 32768)
+    lengths = (2048, 131072)
     print("\ndecode attention at the segment count a graph captured for max_model_len runs (ms, graph replays,")
-    print("cold L2), against the count fitted to the context; ratio > 1: the captured count is slower")
-    print(f"{'batch':>5}{'ctx':>7}{'fitted':>13}" + "".join(f"{'@ ' + str(m):>21}" for m in lengths))
+    print("cold L2), against the count fitted to the context; ratio > 1: the captured count is slower than the")
+    print("current row at the fitted count")
+    print(f"{'row':>24}{'batch':>6}{'ctx':>7}{'fitted':>13}" + "".join(f"{'@ ' + str(m):>21}" for m in lengths))
     for batch in (1, 2, 4, 8):
         for ctx in (256, 1024, 4096):
             q, md, caches, _ = cold_decode_batch(batch, ctx, device)
             cache, n = caches[0], len(caches)
 
-            def timed(s, q=q, md=md, caches=caches, n=n):
-                return bench_graph(lambda: [att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s)
-                                            for c in caches]) / n
+            def timed(s, c, q=q, md=md, caches=caches, n=n):
+                return bench_graph(lambda: [att.unified_attention(q, k, md, scale=HEAD_DIM**-0.5, num_segments=s,
+                                                                  config=c) for k in caches]) / n
 
-            def run(s, q=q, md=md, c=cache):
-                return att.unified_attention(q, c, md, scale=HEAD_DIM**-0.5, num_segments=s).float()
+            def run(s, c, q=q, md=md, k=cache):
+                return att.unified_attention(q, k, md, scale=HEAD_DIM**-0.5, num_segments=s, config=c).float()
 
             fit, *counts = (choose_num_segments(batch, length, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
                             for length in (ctx, *lengths))
-            want = run(fit)
-            for s in counts:  # every count gives the same output before any is timed
-                err = (run(s) - want).abs().max().item()
-                assert err < 2e-2, f"batch {batch} ctx {ctx}: {s} segments differ from {fit} by {err}"
-            fitted = timed(fit)
-            cells = ""
-            for s in counts:
-                t = timed(s)
-                cells += f"{s:>5} seg {t:.4f} {t / fitted:>4.2f}"
-            print(f"{batch:>5}{ctx:>7}{fit:>3} seg {fitted:.4f}{cells}")
+            want = run(fit, cfg)
+            for name, row in rows.items():  # every count and row gives the same output before any is timed
+                for s in counts:
+                    err = (run(s, row) - want).abs().max().item()
+                    assert err < 2e-2, f"{name}, batch {batch} ctx {ctx}: {s} segments differ from {fit} by {err}"
+            fitted = timed(fit, cfg)
+            for name, row in rows.items():
+                cells = ""
+                for s in counts:
+                    t = timed(s, row)
+                    cells += f"{s:>5} seg {t:.4f} {t / fitted:>4.2f}"
+                print(f"{name:>24}{batch:>6}{ctx:>7}{fit:>3} seg {fitted:.4f}{cells}")
             del caches
 
 
@@ -577,16 +587,17 @@ def main() -> int:
                         help="time these attention config variants against the current config row only")
     parser.add_argument("--prefill-variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
                         help="time these config variants on prefill shapes against the current row only")
-    parser.add_argument("--captured", action="store_true",
-                        help="time decode at the segment count a graph captured for a long max_model_len runs only")
+    parser.add_argument("--captured", nargs="*", metavar="FIELD=N[,FIELD=N]",
+                        help="time decode at the segment count a graph captured for a long max_model_len runs only,"
+                             " for the current row and these variants")
     parser.add_argument(
         "--device",
         default="cuda",
         help="cuda (default); cpu runs a tiny check under TRITON_INTERPRET=1 (a dry run of this script)",
     )
     args = parser.parse_args()
-    if args.captured:  # checks its own outputs
-        captured(args.device)
+    if args.captured is not None:  # checks its own outputs
+        captured(args.device, args.captured)
         return 0
     small = args.device == "cpu"
     if small:

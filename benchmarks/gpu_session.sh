@@ -3,12 +3,15 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep captured profile graphs prefetch fusion pdl
-#   step step-ab eager mixed memory launch warmup prefill attention model conformance serve; none given: all but
-#   sweep, captured, profile, graphs, prefetch, step-ab, eager, mixed, memory, launch and prefill
+#   step step-ab fields-ab eager mixed memory launch warmup prefill attention model conformance serve; none given:
+#   all but sweep, captured, profile, graphs, prefetch, step-ab, fields-ab, eager, mixed, memory, launch and prefill
 #   prefill: attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0}
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
+#   fields-ab: attention config fields AB_FIELDS (default skip_empty_segments=1) against the current row: the
+#   kernel at captured and fitted segment counts, then the batch-1 engine step at each of STEP_MAX_MODEL_LENS
+#   (default here 2048 131072) without and with them, alternately, twice each
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -68,6 +71,23 @@ if want step-ab; then
       done
     done
   done | tee "$out/engine-step-ab.txt"
+fi
+if want fields-ab; then
+  fields=${AB_FIELDS:-skip_empty_segments=1}
+  {
+    python3 benchmarks/attention_cuda.py --captured "${fields// /,}" 2>&1 | grep -v "^  ok"
+    python3 benchmarks/attention_cuda.py --variants "${fields// /,}" 2>&1 | grep -v "^  ok"
+    for len in ${STEP_MAX_MODEL_LENS:-2048 131072}; do
+      for round in 1 2; do
+        for side in current fields; do
+          echo "== $side (round $round)"
+          extra=(); [ $side = fields ] && extra=(--attention $fields)
+          python3 benchmarks/engine_step_cuda.py --max-model-len "$len" "${extra[@]}" 2>&1 \
+            | grep -v "Loading weights\|Writing model"
+        done
+      done
+    done
+  } | tee "$out/fields-ab.txt"
 fi
 if want eager; then
   python3 benchmarks/eager_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/eager-step.txt"

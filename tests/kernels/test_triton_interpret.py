@@ -62,7 +62,7 @@ def _attention_case(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     num_segments: int | None = 1,
-    unmasked_full_tiles: int = 0,
+    config: dict | None = None,
 ) -> float:
     """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
     from dataclasses import replace
@@ -114,8 +114,7 @@ def _attention_case(
             sliding_window=sliding_window,
             soft_cap=soft_cap,
             num_segments=num_segments,
-            config=replace(current_configs(torch.device("cpu")).attention, unmasked_full_tiles=1)
-            if unmasked_full_tiles else None,
+            config=replace(current_configs(torch.device("cpu")).attention, **config) if config else None,
             out=out,
         )
     assert got.data_ptr() == out.data_ptr()
@@ -146,6 +145,10 @@ ATTENTION_CASES: dict[str, dict] = {
     # As a decode graph captured for the longest context runs short ones: most segments have no tiles.
     "split_kv_mostly_empty": dict(
         query_lens=[1, 1, 1], context_lens=[4, 40, 200], num_heads=4, num_kv_heads=2, head_dim=64, num_segments=16
+    ),
+    # Query blocks of one prefill chunk over a context, each with its own tile range, so with its own empty segments.
+    "split_kv_chunk_many_segments": dict(
+        query_lens=[1, 40, 1], context_lens=[3, 60, 150], num_heads=4, num_kv_heads=2, head_dim=64, num_segments=8
     ),
     "split_kv_mixed_window_cap": dict(
         query_lens=[3, 1],
@@ -280,7 +283,10 @@ def _all_cases() -> dict:
         cases[f"attention[{name}]"] = lambda kw=kw, i=i: _attention_case(seed=100 + i, **kw)
         # The loop over tiles seen whole, without masks, that a config row may turn on (the Hopper one does).
         cases[f"attention[{name},unmasked_full_tiles]"] = lambda kw=kw, i=i: _attention_case(
-            seed=100 + i, unmasked_full_tiles=1, **kw)
+            seed=100 + i, config={"unmasked_full_tiles": 1}, **kw)
+        if (kw.get("num_segments") or 1) > 1:  # the opt-in exit of segments without tiles, and its merge
+            cases[f"attention[{name},skip_empty_segments]"] = lambda kw=kw, i=i: _attention_case(
+                seed=100 + i, config={"skip_empty_segments": 1}, **kw)
     cases["attention[split_kv_heuristic]"] = lambda: _attention_case(
         seed=7, query_lens=[1], context_lens=[40], num_heads=2, num_kv_heads=1, head_dim=64, num_segments=None
     )

@@ -35,18 +35,49 @@ def _tanh(x):
 
 
 @triton.jit
-def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
-    """The last sequence i whose first query block (query_start[i] // BLOCK_Q + i) is <= target."""
+def _find_seq_idx(query_start_ptr, target, num_seqs, BLOCK_Q: tl.constexpr, BLOCKS: tl.constexpr = True):
+    """The last sequence i whose first query block (query_start[i] // BLOCK_Q + i) is <= target; with ``BLOCKS``
+    off, whose first token (query_start[i]) is."""
     left = 0
     right = num_seqs
     while left < right:
         mid = (left + right) // 2
-        start = tl.load(query_start_ptr + mid) // BLOCK_Q + mid
+        start = tl.load(query_start_ptr + mid)
+        if BLOCKS:
+            start = start // BLOCK_Q + mid
         if start <= target:
             left = mid + 1
         else:
             right = mid
     return left - 1
+
+
+@triton.jit
+def _kv_tiles(seq_len, query_len, q_block, sliding_window, BLOCK_Q: tl.constexpr, TILE: tl.constexpr,
+              USE_WINDOW: tl.constexpr):
+    """KV tiles [begin, end) that some row of query block ``q_block`` may see, and the end position kv_end."""
+    context_len = seq_len - query_len
+    last_row_pos = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, query_len) - 1
+    kv_end = tl.minimum(last_row_pos + 1, seq_len)
+    kv_begin = 0
+    if USE_WINDOW:
+        kv_begin = tl.maximum(context_len + q_block * BLOCK_Q - sliding_window + 1, 0)
+    return kv_begin // TILE, tl.cdiv(kv_end, TILE), kv_end
+
+
+@triton.jit
+def _segment_tiles(tile_begin, tile_end, segment, NUM_SEGMENTS: tl.constexpr):
+    """The tiles of one split-KV segment: equal runs, so the last segments may get none."""
+    per_segment = tl.cdiv(tile_end - tile_begin, NUM_SEGMENTS)
+    begin = tile_begin + segment * per_segment
+    return begin, tl.minimum(begin + per_segment, tile_end)
+
+
+@triton.jit
+def _live_segments(tile_begin, tile_end, NUM_SEGMENTS: tl.constexpr):
+    """How many segments, from the first, ``_segment_tiles`` gives tiles (1 where there are none at all)."""
+    per_segment = tl.maximum(tl.cdiv(tile_end - tile_begin, NUM_SEGMENTS), 1)
+    return tl.maximum(tl.cdiv(tile_end - tile_begin, per_segment), 1)
 
 
 @triton.jit
@@ -127,6 +158,7 @@ def _unified_attention_kernel(
     DOT_PREC: tl.constexpr,
     ACC: tl.constexpr,
     MASK_ALL: tl.constexpr,
+    SKIP_EMPTY: tl.constexpr,
     PDL: tl.constexpr,
 ):
     # KV head fastest: the programs of one query block's heads run side by side and read the same pages.
@@ -141,6 +173,14 @@ def _unified_attention_kernel(
     q_start = tl.load(query_start_ptr + seq_idx)
     q_stop = tl.load(query_start_ptr + seq_idx + 1)
     seq_len = tl.load(seq_lens_ptr + seq_idx)
+    if SKIP_EMPTY and NUM_SEGMENTS > 1:
+        # A segment past its query block's last tile stores nothing (the merge counts the segments that got tiles),
+        # so it may end before the wait; segment 0 always waits, which keeps the chain of waits transitive.
+        first, last, _ = _kv_tiles(seq_len, q_stop - q_start, q_block_global - (q_start // BLOCK_Q + seq_idx),
+                                   sliding_window, BLOCK_Q, TILE, USE_WINDOW)
+        first, last = _segment_tiles(first, last, segment, NUM_SEGMENTS)
+        if segment > 0 and first >= last:
+            return
     wait_for_predecessor(PDL)
     q_block = q_block_global - (q_start // BLOCK_Q + seq_idx)
     query_len = q_stop - q_start
@@ -161,18 +201,9 @@ def _unified_attention_kernel(
 
     context_len = seq_len - query_len
     q_abs = context_len + query_pos  # absolute position of each row's token
-    # KV range any row of this block may see: [kv_begin, kv_end).
-    last_row_pos = context_len + tl.minimum(q_block * BLOCK_Q + BLOCK_Q, query_len) - 1
-    kv_end = tl.minimum(last_row_pos + 1, seq_len)
-    kv_begin = 0
-    if USE_WINDOW:
-        kv_begin = tl.maximum(context_len + q_block * BLOCK_Q - sliding_window + 1, 0)
-    tile_begin = kv_begin // TILE
-    tile_end = tl.cdiv(kv_end, TILE)
+    tile_begin, tile_end, kv_end = _kv_tiles(seq_len, query_len, q_block, sliding_window, BLOCK_Q, TILE, USE_WINDOW)
     if NUM_SEGMENTS > 1:
-        per_segment = tl.cdiv(tile_end - tile_begin, NUM_SEGMENTS)
-        tile_begin = tile_begin + segment * per_segment
-        tile_end = tl.minimum(tile_begin + per_segment, tile_end)
+        tile_begin, tile_end = _segment_tiles(tile_begin, tile_end, segment, NUM_SEGMENTS)
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
@@ -211,7 +242,9 @@ def _reduce_segments_kernel(
     segm_out_ptr,
     segm_max_ptr,
     segm_sum_ptr,
+    seq_lens_ptr,
     query_start_ptr,
+    sliding_window,
     num_seqs,
     num_heads,
     o_stride0,
@@ -219,23 +252,38 @@ def _reduce_segments_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     NUM_SEGMENTS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    TILE: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    SKIP_EMPTY: tl.constexpr,
     PDL: tl.constexpr,
 ):
     tok = tl.program_id(0)
     head = tl.program_id(1)
     num_tokens = tl.load(query_start_ptr + num_seqs)  # metadata: read before the wait, as in the kernel above
+    live = NUM_SEGMENTS
+    if SKIP_EMPTY:  # read only the segments the attention kernel wrote: those its token's query block gave tiles
+        seq_idx = _find_seq_idx(query_start_ptr, tok, num_seqs, BLOCK_Q, False)
+        q_start = tl.load(query_start_ptr + seq_idx)
+        query_len = tl.load(query_start_ptr + seq_idx + 1) - q_start
+        seq_len = tl.load(seq_lens_ptr + seq_idx)
+        tile_begin, tile_end, _ = _kv_tiles(seq_len, query_len, (tok - q_start) // BLOCK_Q, sliding_window, BLOCK_Q,
+                                            TILE, USE_WINDOW)
+        live = _live_segments(tile_begin, tile_end, NUM_SEGMENTS)
     wait_for_predecessor(PDL)
     if tok >= num_tokens:
         return  # padding token past the last sequence
     offs_s = tl.arange(0, NUM_SEGMENTS)
     offs_d = tl.arange(0, HEAD_PAD)
+    seg_mask = offs_s < live
     base = (tok.to(tl.int64) * num_heads + head) * NUM_SEGMENTS
-    m = tl.load(segm_max_ptr + base + offs_s)
-    s = tl.load(segm_sum_ptr + base + offs_s)
+    m = tl.load(segm_max_ptr + base + offs_s, mask=seg_mask, other=float("-inf"))
+    s = tl.load(segm_sum_ptr + base + offs_s, mask=seg_mask, other=0.0)
     m_all = tl.max(m, axis=0)
     w = tl.where(m > float("-inf"), tl.exp2(m - m_all), 0.0)
     denom = tl.sum(s * w, axis=0)
-    acc = tl.load(segm_out_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :])
+    acc = tl.load(segm_out_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :], mask=seg_mask[:, None],
+                  other=0.0)
     o = tl.sum(acc * w[:, None], axis=0) / denom
     o_offs = tok.to(tl.int64) * o_stride0 + head * o_stride1 + offs_d
     tl.store(out_ptr + o_offs, o.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
@@ -340,6 +388,7 @@ def unified_attention(
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         MASK_ALL=launch["MASK_ALL"],
+        SKIP_EMPTY=bool(cfg.skip_empty_segments),
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],
@@ -350,7 +399,9 @@ def unified_attention(
             segm_out,
             segm_max,
             segm_sum,
+            metadata.seq_lens,
             metadata.query_start_loc,
+            int(sliding_window or 0),
             num_seqs,
             num_heads,
             out.stride(0),
@@ -358,6 +409,10 @@ def unified_attention(
             HEAD_DIM=head_dim,
             HEAD_PAD=head_pad,
             NUM_SEGMENTS=num_segments,
+            BLOCK_Q=block_q,
+            TILE=launch["TILE"],
+            USE_WINDOW=bool(sliding_window),
+            SKIP_EMPTY=bool(cfg.skip_empty_segments),
             **pdl,
             num_warps=cfg.reduce_num_warps,
         )

@@ -91,8 +91,11 @@ def _attention_spec(
     window: bool,
     soft_cap: bool,
     configs: KernelConfigs,
+    skip_empty: bool | None = None,
 ) -> KernelSpec:
     launch = attention_launch(configs.attention, head_dim=head_dim, group=group, decode=decode)
+    if skip_empty is None:
+        skip_empty = bool(configs.attention.skip_empty_segments)
     acc = "fp32"
     p = f"*{dtype}"
     sig = {
@@ -136,11 +139,13 @@ def _attention_spec(
         DOT_PREC=_launcher_dot_precision(dtype),
         ACC=tl.float32,
         MASK_ALL=launch["MASK_ALL"],
+        SKIP_EMPTY=skip_empty,
         PDL=configs.dependent_launch,
     )
     variant = (
         f"attention[{dtype},d{head_dim},bs{block_size},g{group},{'decode' if decode else 'prefill'}"
-        f"{',split' + str(segments) if segments > 1 else ''}{',window' if window else ''}{',cap' if soft_cap else ''}]"
+        f"{',split' + str(segments) if segments > 1 else ''}{',window' if window else ''}{',cap' if soft_cap else ''}"
+        f"{',skip_empty' if skip_empty else ''}]"
     )
     return KernelSpec(
         variant, "attention", "_unified_attention_kernel", sig, consts, launch["num_warps"], launch["num_stages"]
@@ -157,6 +162,9 @@ def kernel_specs(configs: KernelConfigs | None = None, *, full: bool = False) ->
         _attention_spec("bf16", 64, 16, 4, decode=False, segments=1, window=False, soft_cap=False, configs=configs),
         _attention_spec("bf16", 64, 16, 4, decode=True, segments=1, window=False, soft_cap=False, configs=configs),
         _attention_spec("bf16", 64, 16, 4, decode=True, segments=16, window=True, soft_cap=True, configs=configs),
+        # The opt-in empty-segment exit (``AttentionConfig.skip_empty_segments``), built whatever the row says.
+        _attention_spec("bf16", 64, 16, 4, decode=True, segments=64, window=False, soft_cap=False, configs=configs,
+                        skip_empty=True),
         _attention_spec("fp16", 80, 32, 1, decode=False, segments=1, window=True, soft_cap=False, configs=configs),
         _attention_spec("bf16", 256, 16, 8, decode=True, segments=1, window=False, soft_cap=True, configs=configs),
     ]
@@ -177,25 +185,33 @@ def kernel_specs(configs: KernelConfigs | None = None, *, full: bool = False) ->
                             configs=configs,
                         )
                     )
+    reduce_signature = {
+        "out_ptr": "*bf16",
+        "segm_out_ptr": "*fp32",
+        "segm_max_ptr": "*fp32",
+        "segm_sum_ptr": "*fp32",
+        "seq_lens_ptr": "*i32",
+        "query_start_ptr": "*i32",
+        "sliding_window": "i32",
+        "num_seqs": "i32",
+        "num_heads": "i32",
+        "o_stride0": "i32",
+        "o_stride1": "i32",
+    }
+    decode_launch = attention_launch(configs.attention, head_dim=64, group=4, decode=True)
     specs += [
         KernelSpec(
-            "reduce_segments[bf16,d128,s16]",
+            f"reduce_segments[bf16,d{head_dim},s{segments}{',skip_empty' if skip else ''}]",
             "attention",
             "_reduce_segments_kernel",
-            {
-                "out_ptr": "*bf16",
-                "segm_out_ptr": "*fp32",
-                "segm_max_ptr": "*fp32",
-                "segm_sum_ptr": "*fp32",
-                "query_start_ptr": "*i32",
-                "num_seqs": "i32",
-                "num_heads": "i32",
-                "o_stride0": "i32",
-                "o_stride1": "i32",
-            },
-            dict(HEAD_DIM=128, HEAD_PAD=128, NUM_SEGMENTS=16),
+            reduce_signature,
+            dict(HEAD_DIM=head_dim, HEAD_PAD=head_dim, NUM_SEGMENTS=segments, BLOCK_Q=decode_launch["BLOCK_Q"],
+                 TILE=decode_launch["TILE"], USE_WINDOW=False, SKIP_EMPTY=skip),
             configs.attention.reduce_num_warps,
-        ),
+        )
+        for head_dim, segments, skip in ((128, 16, bool(configs.attention.skip_empty_segments)), (64, 64, True))
+    ]
+    specs += [
         KernelSpec(
             "write_kv[bf16,kh8,d128,bs16]",
             "kv_write",

@@ -39,6 +39,10 @@ class AttentionConfig:
     # it on where it was timed faster. Decode launches always mask every tile: their 16-row blocks make the masks
     # cheap, and the second loop took the sm_90 split-KV decode kernel from 110 to 164 registers.
     unmasked_full_tiles: int = 0
+    # 1: split-KV segments that get no tile of their query block end before the dependent-launch wait, storing
+    # nothing, and the merge reads only the segments that got tiles. A decode graph captured for a long
+    # max_model_len runs many such segments at short contexts. Not yet timed on a GPU, so no row turns it on.
+    skip_empty_segments: int = 0
 
 
 @dataclass(frozen=True)
