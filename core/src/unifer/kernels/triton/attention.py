@@ -175,7 +175,8 @@ def _unified_attention_kernel(
     seq_len = tl.load(seq_lens_ptr + seq_idx)
     if SKIP_EMPTY and NUM_SEGMENTS > 1:
         # A segment past its query block's last tile stores nothing (the merge counts the segments that got tiles),
-        # so it may end before the wait; segment 0 always waits, which keeps the chain of waits transitive.
+        # so it may end before the wait; segment 0 always waits, which keeps the chain of waits transitive. The
+        # range is derived again below, after the wait, so that builds without this exit keep their instructions.
         first, last, _ = _kv_tiles(seq_len, q_stop - q_start, q_block_global - (q_start // BLOCK_Q + seq_idx),
                                    sliding_window, BLOCK_Q, TILE, USE_WINDOW)
         first, last = _segment_tiles(first, last, segment, NUM_SEGMENTS)
