@@ -441,20 +441,26 @@ def sweep(device: str) -> None:
             del q, md, caches
 
 
+def config_rows(base, specs: list[str]) -> dict:
+    """The current attention config row and one variant per spec ("field=N[,field=N...]"), by name."""
+    from dataclasses import replace
+
+    rows = {"current": base}
+    for spec in specs:
+        rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
+    return rows
+
+
 def variants(device: str, specs: list[str]) -> None:
     """Config variants (each "field=N[,field=N...]" of the attention config) against the current row, each at the
     segment count the heuristic fits, timed as the decode table times them (graph replays, cold L2) and interleaved
     (three rounds, best kept): the data for switching one on. Every variant's output is checked against the current
     row's first."""
-    from dataclasses import replace
-
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     base = current_configs(torch.device(device)).attention
-    rows = {"current": base}
-    for spec in specs:
-        rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
+    rows = config_rows(base, specs)
     copy_bw = copy_bandwidth(device)
     print(f"\nconfig variants (ms, graph replays, cold L2, best of 3 interleaved rounds; ratio: current / variant), "
           f"copy bandwidth {copy_bw / 1e9:.0f} GB/s")
@@ -488,16 +494,13 @@ def prefill_variants(device: str, specs: list[str]) -> None:
     engine runs steps with prefill tokens), interleaved, best of three rounds, outputs checked; then FlashInfer's
     paged prefill on the same cache and SDPA (flash) on the same K/V laid out contiguously, in the same rounds. The
     last shape is a 2k-token chunk after a 14k context, which SDPA's causal mask (aligned top-left) cannot pose."""
-    from dataclasses import replace
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     base = current_configs(torch.device(device)).attention
-    rows = {"current": base}
-    for spec in specs:
-        rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
+    rows = config_rows(base, specs)
 
     print("\nprefill config variants (ms, eager, best of 3 interleaved rounds; TFLOP/s; ratio: current / variant)")
     print(f"{'seqs':>5}{'new':>7}{'ctx':>7}" + "".join(f"{name:>28}" for name in [*rows, "FlashInfer", "SDPA"]))
@@ -534,16 +537,12 @@ def captured(device: str, specs: list[str]) -> None:
     the longest context (``choose_num_segments`` at ``max_model_len``), then replays it at every shorter one.
     Times that count against the one fitted to the actual context, in the same run (graph replays, cold L2), for
     the current config row and each variant in ``specs`` ("field=N[,field=N...]", as ``--variants`` takes)."""
-    from dataclasses import replace
-
     from unifer.kernels.triton.configs import attention_launch, choose_num_segments
     from unifer.kernels.triton.util import current_configs
 
     att = module("attention")
     cfg = current_configs(torch.device(device)).attention
-    rows = {"current": cfg}
-    for spec in specs:
-        rows[spec] = replace(cfg, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
+    rows = config_rows(cfg, specs)
     tile = attention_launch(cfg, head_dim=HEAD_DIM, group=HEADS // KV_HEADS, decode=True)["TILE"]
     lengths = (2048, 131072)
     print("\ndecode attention at the segment count a graph captured for max_model_len runs (ms, graph replays,")
