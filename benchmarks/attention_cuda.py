@@ -494,7 +494,6 @@ def prefill_variants(device: str, specs: list[str]) -> None:
     engine runs steps with prefill tokens), interleaved, best of three rounds, outputs checked; then FlashInfer's
     paged prefill on the same cache and SDPA (flash) on the same K/V laid out contiguously, in the same rounds. The
     last shape is a 2k-token chunk after a 14k context, which SDPA's causal mask (aligned top-left) cannot pose."""
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from unifer.kernels.triton.util import current_configs
 
