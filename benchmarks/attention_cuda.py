@@ -13,7 +13,7 @@ Timings are triton.testing.do_bench medians.
 
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
-    python benchmarks/attention_cuda.py --captured [skip_empty_segments=1]
+    python benchmarks/attention_cuda.py --captured [skip_empty_segments=0]
                                                      # decode at the split-KV segments of a graph captured long
     python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
                                                      # config variants against the current row, interleaved
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 
 import torch
 import triton
@@ -408,7 +409,6 @@ def sweep(device: str) -> None:
     """Decode launch variants (tile, stages, warps) x split-KV segment counts, timed as graph replays with a cold
     L2 (as ``run_benchmarks``), one table: the data the decode rows of the configs table and
     ``choose_num_segments`` are chosen from. '*' marks each row's best, '^' the count the current config picks."""
-    from dataclasses import replace
 
     from unifer.kernels.triton.configs import attention_launch, choose_num_segments
     from unifer.kernels.triton.util import current_configs
@@ -443,7 +443,6 @@ def sweep(device: str) -> None:
 
 def config_rows(base, specs: list[str]) -> dict:
     """The current attention config row and one variant per spec ("field=N[,field=N...]"), by name."""
-    from dataclasses import replace
 
     rows = {"current": base}
     for spec in specs:
@@ -553,25 +552,26 @@ def captured(device: str, specs: list[str]) -> None:
             q, md, caches, _ = cold_decode_batch(batch, ctx, device)
             cache, n = caches[0], len(caches)
 
-            def timed(s, c, q=q, md=md, caches=caches, n=n):
+            def timed(s, c, md, q=q, caches=caches, n=n):
                 return bench_graph(lambda: [att.unified_attention(q, k, md, scale=HEAD_DIM**-0.5, num_segments=s,
                                                                   config=c) for k in caches]) / n
 
-            def run(s, c, q=q, md=md, k=cache):
+            def run(s, c, md, q=q, k=cache):
                 return att.unified_attention(q, k, md, scale=HEAD_DIM**-0.5, num_segments=s, config=c).float()
 
             fit, *counts = (choose_num_segments(batch, length, cfg, num_seqs=batch, num_kv_heads=KV_HEADS, tile=tile)
                             for length in (ctx, *lengths))
-            want = run(fit, cfg)
+            bound = replace(md, max_seq_len_is_bound=True)  # as the runner captures: max_model_len bounds the context
+            want = run(fit, cfg, md)
             for name, row in rows.items():  # every count and row gives the same output before any is timed
                 for s in counts:
-                    err = (run(s, row) - want).abs().max().item()
+                    err = (run(s, row, bound) - want).abs().max().item()
                     assert err < 2e-2, f"{name}, batch {batch} ctx {ctx}: {s} segments differ from {fit} by {err}"
-            fitted = timed(fit, cfg)
+            fitted = timed(fit, cfg, md)
             for name, row in rows.items():
                 cells = ""
                 for s in counts:
-                    t = timed(s, row)
+                    t = timed(s, row, bound)
                     cells += f"{s:>5} seg {t:.4f} {t / fitted:>4.2f}"
                 print(f"{name:>24}{batch:>6}{ctx:>7}{fit:>3} seg {fitted:.4f}{cells}")
             del caches

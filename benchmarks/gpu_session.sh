@@ -9,7 +9,7 @@
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
-#   fields-ab: attention config fields AB_FIELDS (default skip_empty_segments=1) against the current row: the
+#   fields-ab: attention config fields AB_FIELDS (default skip_empty_segments=0) against the current row: the
 #   kernel at captured and fitted segment counts, then the batch-1 engine step at each of STEP_MAX_MODEL_LENS
 #   (default here 2048 131072) without and with them, alternately, twice each
 set -uo pipefail
@@ -73,7 +73,7 @@ if want step-ab; then
   done | tee "$out/engine-step-ab.txt"
 fi
 if want fields-ab; then
-  fields=${AB_FIELDS:-skip_empty_segments=1}
+  fields=${AB_FIELDS:-skip_empty_segments=0}
   {
     python3 benchmarks/attention_cuda.py --captured "${fields// /,}" 2>&1 | grep -v "^  ok"
     python3 benchmarks/attention_cuda.py --variants "${fields// /,}" 2>&1 | grep -v "^  ok"

@@ -63,8 +63,10 @@ def _attention_case(
     soft_cap: float | None = None,
     num_segments: int | None = 1,
     config: dict | None = None,
+    bound: bool = False,
 ) -> float:
-    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones."""
+    """Returns max error against the float64 reference. context_lens are cached tokens before the new ones;
+    ``bound``: the metadata only bounds the contexts, as in a graph capture."""
     from dataclasses import replace
 
     import torch
@@ -101,6 +103,7 @@ def _attention_case(
         slot_mapping=torch.full((total,), -1, dtype=torch.int64),
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),
+        max_seq_len_is_bound=bound,
     )
     scale = head_dim**-0.5
     expected = ref.paged_attention(q, cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
@@ -284,9 +287,11 @@ def _all_cases() -> dict:
         # The loop over tiles seen whole, without masks, that a config row may turn on (the Hopper one does).
         cases[f"attention[{name},unmasked_full_tiles]"] = lambda kw=kw, i=i: _attention_case(
             seed=100 + i, config={"unmasked_full_tiles": 1}, **kw)
-        if (kw.get("num_segments") or 1) > 1:  # the opt-in exit of segments without tiles, and its merge
+        # The exit of segments without tiles, and its merge: graph launches (metadata that only bounds the contexts)
+        # take it where the config row turns it on (the Hopper one does).
+        if (kw.get("num_segments") or 1) > 1:
             cases[f"attention[{name},skip_empty_segments]"] = lambda kw=kw, i=i: _attention_case(
-                seed=100 + i, config={"skip_empty_segments": 1}, **kw)
+                seed=100 + i, config={"skip_empty_segments": 1}, bound=True, **kw)
     cases["attention[split_kv_heuristic]"] = lambda: _attention_case(
         seed=7, query_lens=[1], context_lens=[40], num_heads=2, num_kv_heads=1, head_dim=64, num_segments=None
     )

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 
 
 class Unsupported(Exception):
@@ -59,6 +59,9 @@ class AttentionMetadata:
     # Host copies so that CPU-side loops need no device round trip.
     query_start_loc_host: list[int] | None = None
     seq_lens_host: list[int] | None = None
+    # True when max_seq_len only bounds the contexts: a graph captured with this metadata replays at any shorter
+    # context, so a launch chosen from max_seq_len (split-KV segments) may find most of its work empty.
+    max_seq_len_is_bound: bool = False
 
     @property
     def num_seqs(self) -> int:

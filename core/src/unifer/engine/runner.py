@@ -98,7 +98,7 @@ class ModelRunner:
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
                 block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
-                max_seq_len=max_model_len))
+                max_seq_len=max_model_len, max_seq_len_is_bound=True))
             self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
 
     def _static_inputs(self, top: int, prev: int, max_blocks: int, seqs: int | None = None):
@@ -201,7 +201,8 @@ class ModelRunner:
         for t in reversed(sizes):
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"], seq_lens=st["seq_lens"], block_table=st["block_table"],
-                slot_mapping=st["slots"][:t], max_query_len=t, max_seq_len=max_model_len))
+                slot_mapping=st["slots"][:t], max_query_len=t, max_seq_len=max_model_len,
+                max_seq_len_is_bound=True))
             self._mixed_graphs[t] = graph_runner.capture(functools.partial(self._mixed_hidden, t, metadata))
 
     def _mixed_hidden(self, t: int, metadata: AttentionMetadata) -> torch.Tensor:

@@ -342,6 +342,9 @@ def unified_attention(
     if num_segments < 1 or num_segments & (num_segments - 1):
         raise ValueError(f"num_segments must be a power of two, got {num_segments}")
 
+    # Only where the segment count follows a bound, not this step's contexts, can most segments be empty; a count
+    # fitted to the context pays the exit test and the merge's extra metadata for nothing (1-2% on an H100).
+    skip_empty = bool(cfg.skip_empty_segments) and metadata.max_seq_len_is_bound
     acc = acc_dtype(query.dtype)
     pdl = launch_options(query.device)
     if num_segments > 1:
@@ -389,7 +392,7 @@ def unified_attention(
         DOT_PREC=dot_precision(query.dtype),
         ACC=tl.float64 if acc == torch.float64 else tl.float32,
         MASK_ALL=launch["MASK_ALL"],
-        SKIP_EMPTY=bool(cfg.skip_empty_segments),
+        SKIP_EMPTY=skip_empty,
         **pdl,
         num_warps=launch["num_warps"],
         num_stages=launch["num_stages"],
@@ -413,7 +416,7 @@ def unified_attention(
             BLOCK_Q=block_q,
             TILE=launch["TILE"],
             USE_WINDOW=bool(sliding_window),
-            SKIP_EMPTY=bool(cfg.skip_empty_segments),
+            SKIP_EMPTY=skip_empty,
             **pdl,
             num_warps=cfg.reduce_num_warps,
         )

@@ -91,11 +91,9 @@ def _attention_spec(
     window: bool,
     soft_cap: bool,
     configs: KernelConfigs,
-    skip_empty: bool | None = None,
+    skip_empty: bool = False,
 ) -> KernelSpec:
     launch = attention_launch(configs.attention, head_dim=head_dim, group=group, decode=decode)
-    if skip_empty is None:
-        skip_empty = bool(configs.attention.skip_empty_segments)
     acc = "fp32"
     p = f"*{dtype}"
     sig = {
@@ -162,7 +160,7 @@ def kernel_specs(configs: KernelConfigs | None = None, *, full: bool = False) ->
         _attention_spec("bf16", 64, 16, 4, decode=False, segments=1, window=False, soft_cap=False, configs=configs),
         _attention_spec("bf16", 64, 16, 4, decode=True, segments=1, window=False, soft_cap=False, configs=configs),
         _attention_spec("bf16", 64, 16, 4, decode=True, segments=16, window=True, soft_cap=True, configs=configs),
-        # The opt-in empty-segment exit (``AttentionConfig.skip_empty_segments``), built whatever the row says.
+        # The empty-segment exit (``AttentionConfig.skip_empty_segments``) of graph launches, whatever the row says.
         _attention_spec("bf16", 64, 16, 4, decode=True, segments=64, window=False, soft_cap=False, configs=configs,
                         skip_empty=True),
         _attention_spec("fp16", 80, 32, 1, decode=False, segments=1, window=True, soft_cap=False, configs=configs),
@@ -209,7 +207,7 @@ def kernel_specs(configs: KernelConfigs | None = None, *, full: bool = False) ->
                  TILE=decode_launch["TILE"], USE_WINDOW=False, SKIP_EMPTY=skip),
             configs.attention.reduce_num_warps,
         )
-        for head_dim, segments, skip in ((128, 16, bool(configs.attention.skip_empty_segments)), (64, 64, True))
+        for head_dim, segments, skip in ((128, 16, False), (64, 64, True))
     ]
     specs += [
         KernelSpec(

@@ -39,9 +39,9 @@ class AttentionConfig:
     # it on where it was timed faster. Decode launches always mask every tile: their 16-row blocks make the masks
     # cheap, and the second loop took the sm_90 split-KV decode kernel from 110 to 164 registers.
     unmasked_full_tiles: int = 0
-    # 1: split-KV segments that get no tile of their query block end before the dependent-launch wait, storing
-    # nothing, and the merge reads only the segments that got tiles. A decode graph captured for a long
-    # max_model_len runs many such segments at short contexts. Not yet timed on a GPU, so no row turns it on.
+    # 1: in launches whose metadata only bounds the contexts (``max_seq_len_is_bound``: the runner's CUDA graphs,
+    # captured with the segment count of max_model_len), split-KV segments that get no tile of their query block
+    # end before the dependent-launch wait, storing nothing, and the merge reads only the segments that got tiles.
     skip_empty_segments: int = 0
 
 
@@ -81,7 +81,8 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
     # Hopper (H100/H200): 132 SMs. Decode rows from the split-KV sweeps on an H200 (benchmarks/RESULTS.md):
     # 128-position tiles beat 64 and 256 (and 8 warps) at every batch and context; a third stage gains 1-7% at
     # batch 1-8 and is within 1% at batch 64; and ~512 programs was the best segment count at batch 1, 8 and 64.
-    # Prefill skipping the masks on whole tiles was 1.15-1.32x faster at 4 x 1k to 1 x 16k tokens.
+    # Prefill skipping the masks on whole tiles was 1.15-1.32x faster at 4 x 1k to 1 x 16k tokens. Skipping empty
+    # segments took the batch-1 engine step at max_model_len 131072 from 1.303 to 1.257 ms on an H100.
     ("cuda", 90): KernelConfigs(
         attention=replace(
             _DEFAULT.attention,
@@ -95,6 +96,7 @@ CONFIGS: dict[tuple[str, int | str | None], KernelConfigs] = {
             num_warps_prefill=8,
             num_stages_prefill=3,
             unmasked_full_tiles=1,
+            skip_empty_segments=1,
         ),
         dependent_launch=True,
     ),
