@@ -11,7 +11,8 @@
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
 #   fields-ab: attention config fields AB_FIELDS (default skip_empty_segments=0) against the current row: the
 #   kernel at captured and fitted segment counts, then the batch-1 engine step at each of STEP_MAX_MODEL_LENS
-#   (default here 2048 131072) without and with them, alternately, twice each
+#   (default here 2048 131072) without and with them, alternately, twice each, with STEP_ROWS requests decoding
+#   (default 1; several: "4 8"); AB_KERNEL=0 leaves the kernel timings out
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -75,15 +76,19 @@ fi
 if want fields-ab; then
   fields=${AB_FIELDS:-skip_empty_segments=0}
   {
-    python3 benchmarks/attention_cuda.py --captured "${fields// /,}" 2>&1 | grep -v "^  ok"
-    python3 benchmarks/attention_cuda.py --variants "${fields// /,}" 2>&1 | grep -v "^  ok"
+    if [ "${AB_KERNEL:-1}" = 1 ]; then
+      python3 benchmarks/attention_cuda.py --captured "${fields// /,}" 2>&1 | grep -v "^  ok"
+      python3 benchmarks/attention_cuda.py --variants "${fields// /,}" 2>&1 | grep -v "^  ok"
+    fi
     for len in ${STEP_MAX_MODEL_LENS:-2048 131072}; do
-      for round in 1 2; do
-        for side in current fields; do
-          echo "== $side (round $round)"
-          extra=(); [ $side = fields ] && extra=(--attention $fields)
-          python3 benchmarks/engine_step_cuda.py --max-model-len "$len" "${extra[@]}" 2>&1 \
-            | grep -v "Loading weights\|Writing model"
+      for rows in ${STEP_ROWS:-1}; do
+        for round in 1 2; do
+          for side in current fields; do
+            echo "== $side (round $round)"
+            extra=(); [ $side = fields ] && extra=(--attention $fields)
+            python3 benchmarks/engine_step_cuda.py --max-model-len "$len" --rows "$rows" "${extra[@]}" 2>&1 \
+              | grep -v "Loading weights\|Writing model"
+          done
         done
       done
     done
