@@ -1,6 +1,6 @@
-"""Batch-1 decode on the whole engine: ms per engine step (schedule, input copy, graph replay, sample, detokenize)
-and per graph replay, against the roofline (weight bytes / copy bandwidth measured in the same run). Llama-3.2-1B
-shape, bf16, random weights; best of ``--rounds`` rounds of 256 steps.
+"""Decode on the whole engine (batch 1 unless ``--rows``): ms per engine step (schedule, input copy, graph replay,
+sample, detokenize) and per graph replay, against the roofline (weight bytes / copy bandwidth measured in the same
+run). Llama-3.2-1B shape, bf16, random weights; best of ``--rounds`` rounds of 256 steps.
 
     python benchmarks/engine_step_cuda.py [--rounds 3] [--max-model-len 2048] [--rows 1] [--attention FIELD=N ...]
 
