@@ -409,7 +409,6 @@ def sweep(device: str) -> None:
     """Decode launch variants (tile, stages, warps) x split-KV segment counts, timed as graph replays with a cold
     L2 (as ``run_benchmarks``), one table: the data the decode rows of the configs table and
     ``choose_num_segments`` are chosen from. '*' marks each row's best, '^' the count the current config picks."""
-
     from unifer.kernels.triton.configs import attention_launch, choose_num_segments
     from unifer.kernels.triton.util import current_configs
 
@@ -443,7 +442,6 @@ def sweep(device: str) -> None:
 
 def config_rows(base, specs: list[str]) -> dict:
     """The current attention config row and one variant per spec ("field=N[,field=N...]"), by name."""
-
     rows = {"current": base}
     for spec in specs:
         rows[spec] = replace(base, **{k: int(v) for k, v in (field.split("=") for field in spec.split(","))})
