@@ -6,6 +6,7 @@
 #   step step-ab fields-ab eager mixed memory launch warmup prefill attention model conformance serve; none given:
 #   all but sweep, captured, profile, graphs, prefetch, step-ab, fields-ab, eager, mixed, memory, launch and prefill
 #   prefill: attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0}
+#   graphs: graph_capture_cuda.py --variants ${GRAPH_VARIANTS:-connections}
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
 #   step-ab: the batch-1 engine step, with graphs captured for each of STEP_MAX_MODEL_LENS (default 2048), of core
 #   at AB_BASE (.whl-base, from gpu_prepare.sh; carry it too) against this tree's, alternately, twice each
@@ -46,7 +47,7 @@ if want profile; then
   done | tee "$out/decode-profile.txt"
 fi
 if want graphs; then
-  python3 benchmarks/graph_capture_cuda.py 2>&1 | tee "$out/graph-capture.txt"
+  python3 benchmarks/graph_capture_cuda.py --variants "${GRAPH_VARIANTS:-connections}" 2>&1 | tee "$out/graph-capture.txt"
 fi
 if want prefetch; then
   python3 benchmarks/l2_prefetch_cuda.py 2>&1 | grep -v "Loading weights" | tee "$out/l2-prefetch.txt"

@@ -15,18 +15,24 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``asc``: buckets captured smallest first;
   - ``tinyfirst`` / ``tinyafter``: a one-kernel graph in its own pool, captured before the first decode graph /
     after each; ``tinydel``: ``tinyafter``, each tiny graph destroyed once replayed; ``tinynorep``: ``tinyafter``,
-    never replayed;
+    never replayed; ``tinyrelaxed``: ``tinyafter`` captured in relaxed mode; ``tinyempty``: ``tinyafter`` with
+    no kernel in the graph;
+  - ``sidestream``: no second graph, but a kernel run eagerly on a new stream after each capture;
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
   - ``ifnodes``: every bucket's step in one graph, each behind a conditional node that a one-hot device vector
     switches on, so the process holds a single graph executable;
-  - ``connN``: CUDA_DEVICE_MAX_CONNECTIONS=N (hardware work queues; the driver's default is 8).
+  - ``connN``: CUDA_DEVICE_MAX_CONNECTIONS=N (hardware work queues; the driver's default is 8);
+  - ``kept``: graphs captured with ``keep_graph=True``, so that each is instantiated only on its first replay;
+  - ``oneexec``: ``kept``, and the process holds one graph executable: a replay of another bucket's graph first
+    updates it in place (``cuGraphExecUpdate``; re-instantiated where the update is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -42,7 +48,109 @@ NAMED = {
     "ifnodes": "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256",
     # What graph_batch_sizes=[1] gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
     "sizes": "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4",
+    # Is it the capture of a second graph that costs, or its instantiation? And does one executable, updated in
+    # place when the bucket changes, run as fast as a process's only graph?
+    # Which kernel-to-kernel transitions lose their overlap, and which kinds of second capture cost.
+    "transitions": "2048/plain,2048/plain/8,2048/plain+tinyafter,2048/plain+tinyrelaxed,2048/plain+tinyempty,"
+                   "2048/plain+sidestream",
+    "oneexec": "2048/plain,2048/plain/256,2048/plain+kept/256,2048/plain+oneexec/256,2048/plain+oneexec/256@4",
 }
+
+
+ONE_EXEC = []  # the ``oneexec`` variant's executable
+
+
+def switch_cost(llm, ex, n: int = 50) -> str:
+    """Host and device time of replays that alternate buckets 1 and 2 against replays of bucket 1 alone. Run after
+    the timed rounds: the replays read whatever the static inputs last held."""
+    import time
+
+    import torch
+
+    graphs, times = llm.engine.runner._graphs, {}
+    for name, order in (("1,1", (1, 1)), ("1,2", (1, 2))):
+        updates, update_s = ex.updates, ex.update_s
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for b in order:
+                graphs[b]()
+        torch.cuda.synchronize()
+        times[name] = ((time.perf_counter() - t0) * 1e6 / (2 * n),
+                       (ex.update_s - update_s) * 1e6 / max(ex.updates - updates, 1))
+    return (f"replays of bucket 1 alone {times['1,1'][0]:.1f} us each; alternating 1 and 2 {times['1,2'][0]:.1f} us "
+            f"each, of which {times['1,2'][1]:.1f} us in cuGraphExecUpdate")
+
+
+def capture_kept(self, fn, one_exec=None):
+    """CUDAGraphRunner.capture for ``kept`` and ``oneexec``: the graph is captured with ``keep_graph=True``, so it
+    is instantiated on its first replay, or replayed through ``one_exec``."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(self.warmup_runs):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph(keep_graph=True)
+    with torch.cuda.graph(graph, pool=self._pool):
+        out = fn()
+    if self._pool is None:
+        self._pool = graph.pool()
+    self.graphs.append(graph)
+
+    def replay():
+        if one_exec is None:
+            graph.replay()
+        else:
+            one_exec.launch(graph)
+        return out
+
+    return replay
+
+
+class OneExec:
+    """One graph executable for every captured graph (``oneexec``), through the driver API: switching graphs
+    updates the executable in place, which needs the two graphs to have the same topology."""
+
+    def __init__(self):
+        import ctypes
+
+        self.ct, self.cuda = ctypes, ctypes.CDLL("libcuda.so.1")
+        self.exec, self.current = ctypes.c_void_p(), None
+        self.updates, self.refused, self.update_s = 0, 0, 0.0
+
+    def _check(self, rc, what):
+        if rc != 0:
+            raise RuntimeError(f"{what}: CUresult {rc}")
+
+    def _instantiate(self, raw):
+        self._check(self.cuda.cuGraphInstantiateWithFlags(self.ct.byref(self.exec), self.ct.c_void_p(raw),
+                                                          self.ct.c_ulonglong(0)), "cuGraphInstantiateWithFlags")
+
+    def launch(self, graph):
+        import time
+
+        import torch
+
+        raw = graph.raw_cuda_graph()
+        if self.current is None:
+            self._instantiate(raw)
+        elif raw != self.current:
+            info = (self.ct.c_int * 8)()  # CUgraphExecUpdateResultInfo: a result and two node handles
+            t0 = time.perf_counter()
+            rc = self.cuda.cuGraphExecUpdate_v2(self.exec, self.ct.c_void_p(raw), info)
+            self.update_s += time.perf_counter() - t0
+            self.updates += 1
+            if rc != 0:
+                self.refused += 1
+                self._check(self.cuda.cuGraphExecDestroy(self.exec), "cuGraphExecDestroy")
+                self._instantiate(raw)
+        self.current = raw
+        self._check(self.cuda.cuGraphLaunch(self.exec, self.ct.c_void_p(torch.cuda.current_stream().cuda_stream)),
+                    "cuGraphLaunch")
 
 
 def capture_into_one(self, fn):
@@ -98,14 +206,15 @@ def patch(variant: str) -> None:
             return capture(self, fn)
 
         CUDAGraphRunner.capture = own_pool
-    if {"tinyfirst", "tinyafter", "tinydel", "tinynorep"} & set(modifiers):
+    if {"tinyfirst", "tinyafter", "tinydel", "tinynorep", "tinyrelaxed", "tinyempty"} & set(modifiers):
         tiny, capture = [], CUDAGraphRunner.capture
 
         def capture_tiny():
             x = torch.zeros(1024, device="cuda")
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                x.add_(1)
+            with torch.cuda.graph(g, capture_error_mode="relaxed" if "tinyrelaxed" in modifiers else "global"):
+                if "tinyempty" not in modifiers:
+                    x.add_(1)
             if "tinynorep" not in modifiers:
                 g.replay()
             if "tinydel" in modifiers:
@@ -118,11 +227,23 @@ def patch(variant: str) -> None:
             if "tinyfirst" in modifiers and not self.graphs:
                 capture_tiny()
             replay = capture(self, fn)
-            if {"tinyafter", "tinydel", "tinynorep"} & set(modifiers):
+            if {"tinyafter", "tinydel", "tinynorep", "tinyrelaxed", "tinyempty"} & set(modifiers):
                 capture_tiny()
             return replay
 
         CUDAGraphRunner.capture = with_tiny
+    if "sidestream" in modifiers:
+        capture = CUDAGraphRunner.capture
+
+        def then_side_stream(self, fn, capture=capture):
+            replay = capture(self, fn)
+            x, side = torch.zeros(1024, device="cuda"), torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                x.add_(1)
+            torch.cuda.synchronize()
+            return replay
+
+        CUDAGraphRunner.capture = then_side_stream
     if "streams" in modifiers:
         capture = CUDAGraphRunner.capture
 
@@ -140,6 +261,10 @@ def patch(variant: str) -> None:
             return run
 
         CUDAGraphRunner.capture = on_own_stream
+    if {"kept", "oneexec"} & set(modifiers):
+        one_exec = OneExec() if "oneexec" in modifiers else None
+        ONE_EXEC.extend([one_exec] if one_exec else [])
+        CUDAGraphRunner.capture = functools.partialmethod(capture_kept, one_exec=one_exec)
     if "ifnodes" in modifiers:
         if not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
             raise SystemExit(f"ifnodes: torch {torch.__version__} cannot capture into conditional nodes")
@@ -178,6 +303,38 @@ def patch(variant: str) -> None:
         set_dependent_launch(False)
 
 
+def short(name: str) -> str:
+    for key, label in (("split", "gemm-splitK"), ("nvjet", "gemm"), ("gemv", "gemv"), ("splitKreduce", "reduce"),
+                       ("reduce_segments", "merge"), ("reduce", "reduce"), ("unified_attention", "attention"),
+                       ("rms", "rmsnorm"), ("rotary", "rotary+kv"), ("silu", "silu"), ("argmax", "argmax")):
+        if key in name.lower():
+            return label
+    return name[:24]
+
+
+def transitions(replay, replays: int = 30) -> str:
+    """Per kind of kernel-to-kernel transition in a replay: the summed gap (next start - previous end; negative
+    where programmatic dependent launch overlaps them), in µs per replay."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            replay()
+        torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end, short(e.name)) for e in prof.events()
+                     if e.device_type.name == "CUDA")
+    gaps: dict[tuple[str, str], list[float]] = {}
+    for (_, end, a), (start, _, b) in zip(kernels, kernels[1:], strict=False):
+        if start - end < 50:  # within a replay, not the host's gap between two
+            gaps.setdefault((a, b), []).append(start - end)
+    rows = sorted(gaps.items(), key=lambda kv: sum(kv[1]))
+    return "; ".join(f"{a}->{b} {sum(g) / replays:+.1f} us ({len(g) // replays})" for (a, b), g in rows)
+
+
 def one(variant: str) -> None:
     import torch
     from decode_profile_cuda import kernel_times
@@ -194,10 +351,14 @@ def one(variant: str) -> None:
     rounds = [decode_ms_per_token(llm, rows=int(rows or 1)) for _ in range(3)]
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
           f"({len(llm.engine.runner.graph_buckets)} decode graphs; {torch.cuda.get_device_name()})", flush=True)
+    for ex in ONE_EXEC:
+        print(f"    one executable: {ex.updates} updates, {ex.refused} refused; "
+              f"{switch_cost(llm, ex)}", flush=True)
     # Whether the time goes to slower kernels or to longer gaps between them.
     kernels = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
     print(f"    kernels busy {sum(us for _, (us, _) in kernels) / 1e3:.4f} ms per replay; "
           + "; ".join(f"{us:.1f} us x{n} {name[:40]}" for name, (us, n) in kernels[:5]), flush=True)
+    print(f"    gaps {transitions(llm.engine.runner._graphs[1])}", flush=True)
 
 
 def main() -> None:
