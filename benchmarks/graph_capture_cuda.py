@@ -18,6 +18,9 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
     never replayed; ``tinyrelaxed``: ``tinyafter`` captured in relaxed mode; ``tinyempty``: ``tinyafter`` with
     no kernel in the graph;
   - ``sidestream``: no second graph, but a kernel run eagerly on a new stream after each capture;
+  - ``mallocafter`` / ``mallocfree``: after each capture, 256 MiB allocated by cudaMalloc and held / freed at once
+    (kept in torch's cache); ``kernelafter``: a kernel run after each capture on the current stream;
+  - ``samestream``: every capture warms up on one side stream, where the runner takes a new one per capture;
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
@@ -53,6 +56,9 @@ NAMED = {
     # Which kernel-to-kernel transitions lose their overlap, and which kinds of second capture cost.
     "transitions": "2048/plain,2048/plain/8,2048/plain+tinyafter,2048/plain+tinyrelaxed,2048/plain+tinyempty,"
                    "2048/plain+sidestream",
+    # Is a cudaMalloc after a capture what costs? Does warming every bucket up on one stream avoid it?
+    "malloc": "2048/plain,2048/plain/256,2048/plain+mallocafter,2048/plain+mallocfree,2048/plain+kernelafter,"
+              "2048/plain+samestream/256,2048/plain+samestream/8",
     "oneexec": "2048/plain,2048/plain/256,2048/plain+kept/256,2048/plain+oneexec/256,2048/plain+oneexec/256@4",
 }
 
@@ -244,6 +250,33 @@ def patch(variant: str) -> None:
             return replay
 
         CUDAGraphRunner.capture = then_side_stream
+    if {"mallocafter", "mallocfree", "kernelafter"} & set(modifiers):
+        capture, held = CUDAGraphRunner.capture, []
+
+        def then_malloc(self, fn, capture=capture):
+            replay = capture(self, fn)
+            if "kernelafter" in modifiers:
+                self.__dict__.setdefault("scratch", torch.zeros(1024, device="cuda")).add_(1)
+            else:  # larger than any cached free block, so the allocator calls cudaMalloc
+                block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+                if "mallocafter" in modifiers:
+                    held.append(block)
+            torch.cuda.synchronize()
+            return replay
+
+        CUDAGraphRunner.capture = then_malloc
+    if "samestream" in modifiers:
+        capture = CUDAGraphRunner.capture
+
+        def on_one_warmup_stream(self, fn, capture=capture):
+            stream = self.__dict__.setdefault("warmup_stream", torch.cuda.Stream())
+            make, torch.cuda.Stream = torch.cuda.Stream, lambda *a, **kw: stream
+            try:
+                return capture(self, fn)
+            finally:
+                torch.cuda.Stream = make
+
+        CUDAGraphRunner.capture = on_one_warmup_stream
     if "streams" in modifiers:
         capture = CUDAGraphRunner.capture
 
@@ -348,9 +381,13 @@ def one(variant: str) -> None:
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama-1b-shape")
     llm = LLM(model=str(folder), backend="cuda", dtype="bfloat16", max_model_len=int(length),
               max_num_seqs=int(seqs), graph_batch_sizes=[int(b) for b in sizes[0].split("-")] if sizes else None)
+    segments = torch.cuda.memory_stats()["segment.all.allocated"]
     rounds = [decode_ms_per_token(llm, rows=int(rows or 1)) for _ in range(3)]
+    more = torch.cuda.memory_stats()["segment.all.allocated"] - segments
+    segments = f"{segments} cudaMalloc calls at start-up, {more} more in the rounds"
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
-          f"({len(llm.engine.runner.graph_buckets)} decode graphs; {torch.cuda.get_device_name()})", flush=True)
+          f"({len(llm.engine.runner.graph_buckets)} decode graphs; {segments}; {torch.cuda.get_device_name()})",
+          flush=True)
     for ex in ONE_EXEC:
         print(f"    one executable: {ex.updates} updates, {ex.refused} refused; "
               f"{switch_cost(llm, ex)}", flush=True)
