@@ -254,9 +254,11 @@ def patch(variant: str) -> None:
         capture, held = CUDAGraphRunner.capture, []
 
         def then_malloc(self, fn, capture=capture):
+            if "scratch" not in self.__dict__:  # before any capture, so that the kernel after one allocates nothing
+                self.scratch = torch.zeros(1024, device="cuda")
             replay = capture(self, fn)
             if "kernelafter" in modifiers:
-                self.__dict__.setdefault("scratch", torch.zeros(1024, device="cuda")).add_(1)
+                self.scratch.add_(1)
             else:  # larger than any cached free block, so the allocator calls cudaMalloc
                 block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
                 if "mallocafter" in modifiers:
