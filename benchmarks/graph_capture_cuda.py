@@ -134,15 +134,6 @@ class Driver:
         if rc != 0:
             raise RuntimeError(f"{name}: CUresult {rc}")
 
-    def dependents(self, node) -> list:
-        """A node's dependents (the _v2 query: graphs with programmatic edges refuse the lossy one)."""
-        ct = self.ct
-        n = ct.c_size_t(0)
-        self("cuGraphNodeGetDependentNodes_v2", node, None, None, ct.byref(n))
-        nodes, edges = (ct.c_void_p * max(n.value, 1))(), (ct.c_uint64 * max(n.value, 1))()
-        self("cuGraphNodeGetDependentNodes_v2", node, nodes, edges, ct.byref(n))
-        return [ct.c_void_p(nodes[i]) for i in range(n.value)]
-
 
 def capture_once(self, fn, lazy: bool):
     """CUDAGraphRunner.capture for ``onecapture``: warm ``fn`` up now, on the current stream; on the first replay,
@@ -171,13 +162,13 @@ def capture_once(self, fn, lazy: bool):
                 outs.append(f())
         raw = ct.c_void_p(big.raw_cuda_graph())
         n = ct.c_size_t(0)
-        cu("cuGraphGetRootNodes", raw, None, ct.byref(n))
-        if n.value != 1:
-            raise RuntimeError(f"onecapture: {n.value} root nodes")
-        roots = (ct.c_void_p * 1)()
-        cu("cuGraphGetRootNodes", raw, roots, ct.byref(n))
-        node, markers, segments, kind = ct.c_void_p(roots[0]), [], [], ct.c_int()
-        while node is not None:  # a capture on one stream is a chain; a marker opens each segment
+        cu("cuGraphGetNodes", raw, None, ct.byref(n))
+        listed = (ct.c_void_p * n.value)()
+        cu("cuGraphGetNodes", raw, listed, ct.byref(n))
+        # The driver lists a graph's nodes in the order they were added, which for a capture on one stream is the
+        # chain's order; the dependents query that would check it is refused (CUresult 1) on this driver.
+        markers, segments, kind = [], [], ct.c_int()
+        for node in (ct.c_void_p(v) for v in listed):
             cu("cuGraphNodeGetType", node, ct.byref(kind))
             params = (ct.c_uint64 * 6)()  # CUDA_MEMSET_NODE_PARAMS: dst, pitch, value + elementSize, width, height
             if kind.value == 2:  # CU_GRAPH_NODE_TYPE_MEMSET
@@ -189,10 +180,6 @@ def capture_once(self, fn, lazy: bool):
                 segments[-1].append(node)
             else:
                 raise RuntimeError("onecapture: the captured graph does not start with a marker")
-            nxt = cu.dependents(node)
-            if len(nxt) > 1:
-                raise RuntimeError("onecapture: the captured graph is not a chain")
-            node = nxt[0] if nxt else None
         if len(segments) != len(fns):
             raise RuntimeError(f"onecapture: {len(segments)} segments for {len(fns)} captures")
         self.keep = (big, marker, outs)
