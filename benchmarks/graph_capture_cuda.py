@@ -21,8 +21,8 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``mallocafter`` / ``mallocfree``: after each capture, 256 MiB allocated by cudaMalloc and held / freed at once
     (kept in torch's cache); ``kernelafter``: a kernel run after each capture on the current stream;
   - ``samestream``: every capture warms up on one side stream, where the runner takes a new one per capture;
-  - ``onecapture``: every bucket in one stream capture, split at markers into a graph per bucket by the driver's
-    graph API, each instantiated at once (``+lazy``: on its first replay);
+  - ``separate``: one stream capture per graph, as the runner made before ``capture_many`` (every other modifier
+    but ``connN``, ``nopdl`` and ``asc`` implies it, as they change ``capture``).
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
@@ -61,8 +61,8 @@ NAMED = {
     # Is a cudaMalloc after a capture what costs? Does warming every bucket up on one stream avoid it?
     "malloc": "2048/plain,2048/plain/256,2048/plain+mallocafter,2048/plain+mallocfree,2048/plain+kernelafter,"
               "2048/plain+samestream/256,2048/plain+samestream/8",
-    # Does one stream capture, split into a graph per bucket, run as fast as a process's only graph?
-    "onecapture": "2048/plain,2048/plain/256,2048/plain+onecapture/256,2048/plain+onecapture+lazy/256",
+    # The runner's one stream capture for all buckets against one capture per bucket.
+    "onecapture": "2048/plain,2048/plain/256,2048/plain+separate/256",
     "oneexec": "2048/plain,2048/plain/256,2048/plain+kept/256,2048/plain+oneexec/256,2048/plain+oneexec/256@4",
 }
 
@@ -117,108 +117,6 @@ def capture_kept(self, fn, one_exec=None):
         else:
             one_exec.launch(graph)
         return out
-
-    return replay
-
-
-class Driver:
-    """The few CUDA driver calls that graph surgery needs (``onecapture``), through ctypes."""
-
-    def __init__(self):
-        import ctypes
-
-        self.ct, self.lib = ctypes, ctypes.CDLL("libcuda.so.1")
-
-    def __call__(self, name, *args):
-        rc = getattr(self.lib, name)(*args)
-        if rc != 0:
-            raise RuntimeError(f"{name}: CUresult {rc}")
-
-
-def capture_once(self, fn, lazy: bool):
-    """CUDAGraphRunner.capture for ``onecapture``: warm ``fn`` up now, on the current stream; on the first replay,
-    capture every ``fn`` given so far in one stream capture, a memset of a marker buffer before each, then split
-    that graph at the markers into one graph per ``fn`` (a clone with every other node destroyed) and instantiate
-    each (``lazy``: on its first replay). The process then has made one capture, however many buckets it holds."""
-    import ctypes
-
-    import torch
-
-    for _ in range(self.warmup_runs):
-        fn()
-    torch.cuda.synchronize()
-    fns = self.__dict__.setdefault("fns", [])
-    k = len(fns)
-    fns.append(fn)
-
-    def build():
-        cu, ct = Driver(), ctypes
-        marker = torch.zeros(64, dtype=torch.uint8, device="cuda")
-        big, outs = torch.cuda.CUDAGraph(keep_graph=True), []
-        with torch.cuda.graph(big):
-            for j, f in enumerate(fns):
-                cu("cuMemsetD8Async", ct.c_uint64(marker.data_ptr()), ct.c_ubyte(j + 1), ct.c_size_t(64),
-                   ct.c_void_p(torch.cuda.current_stream().cuda_stream))
-                outs.append(f())
-        raw = ct.c_void_p(big.raw_cuda_graph())
-        n = ct.c_size_t(0)
-        cu("cuGraphGetNodes", raw, None, ct.byref(n))
-        listed = (ct.c_void_p * n.value)()
-        cu("cuGraphGetNodes", raw, listed, ct.byref(n))
-        # The driver lists a graph's nodes in the order they were added, which for a capture on one stream is the
-        # chain's order; the dependents query that would check it is refused (CUresult 1) on this driver.
-        markers, segments, kind = [], [], ct.c_int()
-        for node in (ct.c_void_p(v) for v in listed):
-            cu("cuGraphNodeGetType", node, ct.byref(kind))
-            params = (ct.c_uint64 * 6)()  # CUDA_MEMSET_NODE_PARAMS: dst, pitch, value + elementSize, width, height
-            if kind.value == 2:  # CU_GRAPH_NODE_TYPE_MEMSET
-                cu("cuGraphMemsetNodeGetParams", node, params)
-            if kind.value == 2 and params[0] == marker.data_ptr():
-                markers.append(node)
-                segments.append([])
-            elif segments:
-                segments[-1].append(node)
-            else:
-                raise RuntimeError("onecapture: the captured graph does not start with a marker")
-        if len(segments) != len(fns):
-            raise RuntimeError(f"onecapture: {len(segments)} segments for {len(fns)} captures")
-        self.keep = (big, marker, outs)
-        self.split_graphs, self.execs = [], [None] * len(fns)
-        every = markers + [x for seg in segments for x in seg]
-        for seg in segments:
-            clone, mine = ct.c_void_p(), {x.value for x in seg}
-            cu("cuGraphClone", ct.byref(clone), raw)
-            for x in every:
-                if x.value not in mine:
-                    c = ct.c_void_p()
-                    cu("cuGraphNodeFindInClone", ct.byref(c), x, clone)
-                    cu("cuGraphDestroyNode", c)
-            count = ct.c_size_t(0)
-            cu("cuGraphGetNodes", clone, None, ct.byref(count))
-            if count.value != len(seg):
-                raise RuntimeError(f"onecapture: a bucket's graph has {count.value} nodes, not {len(seg)}")
-            self.split_graphs.append(clone)
-        print(f"    onecapture: {len(every)} nodes split into {len(segments)} graphs of "
-              f"{min(map(len, segments))}-{max(map(len, segments))}", flush=True)
-        self.outs, self.cu = outs, cu
-        if not lazy:
-            for j in range(len(fns)):
-                instantiate(j)
-
-    def instantiate(j):
-        ex = ctypes.c_void_p()
-        self.cu("cuGraphInstantiateWithFlags", ctypes.byref(ex), self.split_graphs[j], ctypes.c_ulonglong(0))
-        self.execs[j] = ex
-
-    def replay():
-        import torch
-
-        if not hasattr(self, "execs"):
-            build()
-        if self.execs[k] is None:
-            instantiate(k)
-        self.cu("cuGraphLaunch", self.execs[k], ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-        return self.outs[k]
 
     return replay
 
@@ -304,6 +202,8 @@ def patch(variant: str) -> None:
     from unifer_cuda.graphs import CUDAGraphRunner
 
     how, *modifiers = variant.split("+")
+    if set(modifiers) - {"nopdl", "asc"} - {m for m in modifiers if m.startswith("conn")}:
+        CUDAGraphRunner.capture_many = lambda self, fns: [self.capture(fn) for fn in fns]
     for m in modifiers:
         if m.startswith("conn"):  # read when the CUDA context is made, which no import here does
             os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = m[4:]
@@ -373,8 +273,6 @@ def patch(variant: str) -> None:
             return replay
 
         CUDAGraphRunner.capture = then_malloc
-    if "onecapture" in modifiers:
-        CUDAGraphRunner.capture = functools.partialmethod(capture_once, lazy="lazy" in modifiers)
     if "samestream" in modifiers:
         capture = CUDAGraphRunner.capture
 
@@ -439,7 +337,7 @@ def patch(variant: str) -> None:
     if "asc" in modifiers:
         import unifer.engine.runner as runner
 
-        runner.reversed = iter  # capture_decode_graphs walks the buckets with reversed()
+        runner.reversed = iter  # _decode_steps walks the buckets with reversed()
     if "nopdl" in modifiers:
         from dependent_launch_cuda import set_dependent_launch
 

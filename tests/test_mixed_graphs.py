@@ -129,3 +129,32 @@ def test_conformance_case_passes_with_graphs_and_fails_a_wrong_replay(monkeypatc
     monkeypatch.setattr(ModelRunner, "_replay_mixed", rows_swapped)
     [case] = run_suite("cpu", keyword=case_id)["cases"]
     assert case["status"] == "FAIL" and "with graphs, against" in case["message"], case["message"]
+
+
+class BatchGraphRunner(RecordingGraphRunner):
+    """A graph runner with ``capture_many``, as the cuda backend's: records each call's steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def capture(self, fn):
+        raise AssertionError("a runner with capture_many gets every step through it")
+
+    def capture_many(self, fns):
+        self.calls.append([(fn.func.__name__, fn.args[0]) for fn in fns])
+        return [RecordingGraphRunner.capture(self, fn) for fn in fns]
+
+
+def test_every_graph_in_one_capture_many_call(checkpoint_factory, monkeypatch):
+    runner = BatchGraphRunner()
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: runner)
+    folder = checkpoint_factory("LlamaForCausalLM")
+    prompts = _prompts(seed=5)
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12, max_num_batched_tokens=32,
+              mixed_graph_sizes=[8, 32])
+    decode = [("_decode_logits", b) for b in (12, 8, 4, 2, 1)]
+    assert runner.calls == [decode + [("_mixed_hidden", 32), ("_mixed_hidden", 8)]]  # largest first, each kind
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert runner.replays >= PARAMS.max_tokens

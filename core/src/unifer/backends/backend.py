@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.4"
+API_VERSION = "1.5"
 
 
 class Unsupported(Exception):
@@ -222,9 +222,11 @@ class Backend:
     def graph_runner(self):
         """An object that captures decode steps, or None when this backend has none.
 
-        It has one method, ``capture(fn) -> replay``: ``fn`` runs the model on static input buffers and returns
-        its output tensor; ``replay()`` re-runs the captured work on whatever the buffers hold now and returns
-        the same output tensor. The runner captures one per decode batch bucket and pads batches to them."""
+        It has ``capture(fn) -> replay``: ``fn`` runs the model on static input buffers and returns its output
+        tensor; ``replay()`` re-runs the captured work on whatever the buffers hold now and returns the same output
+        tensor. The runner captures one per decode batch bucket (and per mixed-step size) and pads batches to them.
+        It may also have ``capture_many(fns) -> replays``, one replay per ``fn`` in order; the runner then hands it
+        every step it captures in one call (the cuda backend makes a single CUDA stream capture of them all)."""
         return None
 
     def communicator(self):

@@ -93,11 +93,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.backend, self.kv_caches, block_size, self.device)
         graph_runner = None if config.enforce_eager else self.backend.graph_runner()
         if graph_runner is not None:
-            self.runner.capture_decode_graphs(graph_runner, config.scheduler.max_num_seqs, self.max_model_len,
-                                              config.graph_batch_sizes)
-            if config.mixed_graph_sizes:
-                self.runner.capture_mixed_graphs(graph_runner, config.mixed_graph_sizes,
-                                                 config.scheduler.max_num_seqs, self.max_model_len)
+            self.runner.capture_graphs(graph_runner, config.scheduler.max_num_seqs, self.max_model_len,
+                                       config.graph_batch_sizes, config.mixed_graph_sizes)
         self.sampler = Sampler(self.backend.ops)
         sched = config.scheduler
         self.backend.warm_up(runner=self.runner, sampler=self.sampler, max_model_len=self.max_model_len,

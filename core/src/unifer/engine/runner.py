@@ -76,10 +76,23 @@ class ModelRunner:
         return sorted(self._graphs)
 
     @torch.inference_mode()
-    def capture_decode_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int,
-                              sizes: list[int] | None = None) -> None:
-        """Capture one decode step per batch bucket (``sizes``, default ``decode_buckets(max_num_seqs)``), largest
-        first so smaller ones reuse its memory pool.
+    def capture_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int, sizes: list[int] | None = None,
+                       mixed_sizes: list[int] | None = None) -> None:
+        """Capture the decode graphs (one per batch bucket of ``sizes``, default ``decode_buckets(max_num_seqs)``)
+        and, with ``mixed_sizes``, the mixed-step graphs, each kind largest first so that smaller ones reuse the
+        memory pool. All in one call of the graph runner's ``capture_many`` where it has one (see
+        ``Backend.graph_runner``), else one ``capture`` each, in the same order."""
+        steps = self._decode_steps(max_num_seqs, max_model_len, sizes)
+        if mixed_sizes:
+            steps += self._mixed_steps(mixed_sizes, max_num_seqs, max_model_len)
+        fns = [fn for _, _, fn in steps]
+        many = getattr(graph_runner, "capture_many", None)
+        replays = many(fns) if many is not None else [graph_runner.capture(fn) for fn in fns]
+        for (graphs, key, _), replay in zip(steps, replays, strict=True):
+            graphs[key] = replay
+
+    def _decode_steps(self, max_num_seqs: int, max_model_len: int, sizes: list[int] | None):
+        """(graphs table, bucket, step to capture) per decode bucket, largest first.
 
         Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
         launch from it (split-KV) pick a launch valid for any context the replay will see."""
@@ -94,12 +107,14 @@ class ModelRunner:
         st["source"].copy_(torch.from_numpy(self._rows))
         if _takes_out(self.model.compute_logits):
             self._logits = torch.empty(top, self.model.spec.vocab_size, dtype=torch.float32, device=self.device)
+        steps = []
         for b in reversed(buckets):
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
                 block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
                 max_seq_len=max_model_len, max_seq_len_is_bound=True))
-            self._graphs[b] = graph_runner.capture(functools.partial(self._decode_logits, b, metadata))
+            steps.append((self._graphs, b, functools.partial(self._decode_logits, b, metadata)))
+        return steps
 
     def _static_inputs(self, top: int, prev: int, max_blocks: int, seqs: int | None = None):
         """A replay's inputs: one flat device buffer, so that they go in one asynchronous copy, and two pinned
@@ -186,24 +201,25 @@ class ModelRunner:
             st["prev"][:rows].copy_(prev_tokens[:rows])
 
     # mixed-step graphs ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def capture_mixed_graphs(self, graph_runner, sizes: list[int], max_num_seqs: int, max_model_len: int) -> None:
-        """Capture the forward pass of a step with prefill tokens for each token count in ``sizes``, over up to
-        ``max_num_seqs`` sequences; the LM head runs after the replay, on the rows that sample. A step pads its
-        tokens to the next size (padding tokens belong to no sequence and write no slot) and its sequences to
-        ``max_num_seqs`` (empty ones). The metadata claims the bucket as the longest query and ``max_model_len``
-        as the longest context: the attention launch it picks is valid for any step that fits."""
+    def _mixed_steps(self, sizes: list[int], max_num_seqs: int, max_model_len: int):
+        """(graphs table, token bucket, step to capture) per size, largest first: the forward pass of a step with
+        prefill tokens, over up to ``max_num_seqs`` sequences; the LM head runs after the replay, on the rows that
+        sample. A step pads its tokens to the next size (padding tokens belong to no sequence and write no slot)
+        and its sequences to ``max_num_seqs`` (empty ones). The metadata claims the bucket as the longest query and
+        ``max_model_len`` as the longest context: the attention launch it picks is valid for any step that fits."""
         sizes = sorted(set(sizes))
         max_blocks = -(-max_model_len // self.block_size)
         st, self._mixed_host = self._static_inputs(sizes[-1], max_num_seqs, max_blocks, max_num_seqs)
         self._mixed = st
         st["slots"].fill_(-1)
+        steps = []
         for t in reversed(sizes):
             metadata = self.backend.build_metadata(AttentionMetadata(
                 query_start_loc=st["query_start"], seq_lens=st["seq_lens"], block_table=st["block_table"],
                 slot_mapping=st["slots"][:t], max_query_len=t, max_seq_len=max_model_len,
                 max_seq_len_is_bound=True))
-            self._mixed_graphs[t] = graph_runner.capture(functools.partial(self._mixed_hidden, t, metadata))
+            steps.append((self._mixed_graphs, t, functools.partial(self._mixed_hidden, t, metadata)))
+        return steps
 
     def _mixed_hidden(self, t: int, metadata: AttentionMetadata) -> torch.Tensor:
         st = self._mixed

@@ -1,0 +1,158 @@
+"""One CUDA stream capture for many graphs: the driver-API half of ``CUDAGraphRunner.capture_many``.
+
+Why: on an H100 (driver 580, torch 2.11), once a process has made a second stream capture, even of an empty graph,
+every replay of every graph loses most of the overlap between its kernels and the cuBLAS ones around them, ~0.5 µs
+at each of the ~110 such boundaries in a batch-1 decode step (~5% of the step; benchmarks/RESULTS.md). Instantiating
+more graphs does not cost, so the runner captures every bucket's step in one stream capture, a marker memset before
+each, and cuts that graph at the markers into a graph per bucket here: each a clone of the whole with every other
+node destroyed, which keeps the edges (programmatic ones included) among the nodes it keeps.
+
+torch exposes the captured graph (``CUDAGraph(keep_graph=True).raw_cuda_graph()``) but not the calls to cut it, so
+they go through ctypes to the driver library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+MEMSET_NODE = 2  # CU_GRAPH_NODE_TYPE_MEMSET
+MARKER_BYTES = 64
+MAX_MARKERS = 255  # a marker's value is a byte, 1 .. 255
+
+
+class MemsetParams(ctypes.Structure):
+    _fields_ = [("dst", ctypes.c_uint64), ("pitch", ctypes.c_size_t), ("value", ctypes.c_uint),
+                ("element_size", ctypes.c_uint), ("width", ctypes.c_size_t), ("height", ctypes.c_size_t)]
+
+
+_P = ctypes.c_void_p
+_SIGNATURES = {
+    "cuMemsetD8Async": (ctypes.c_uint64, ctypes.c_ubyte, ctypes.c_size_t, _P),
+    "cuGraphGetNodes": (_P, ctypes.POINTER(_P), ctypes.POINTER(ctypes.c_size_t)),
+    "cuGraphNodeGetType": (_P, ctypes.POINTER(ctypes.c_int)),
+    "cuGraphMemsetNodeGetParams": (_P, ctypes.POINTER(MemsetParams)),
+    "cuGraphClone": (ctypes.POINTER(_P), _P),
+    "cuGraphNodeFindInClone": (ctypes.POINTER(_P), _P, _P),
+    "cuGraphDestroyNode": (_P,),
+    "cuGraphDestroy": (_P,),
+    "cuGraphInstantiateWithFlags": (ctypes.POINTER(_P), _P, ctypes.c_ulonglong),
+    "cuGraphLaunch": (_P, _P),
+    "cuGraphExecDestroy": (_P,),
+}
+
+
+class DriverError(RuntimeError):
+    pass
+
+
+class Driver:
+    """The CUDA driver calls used here, typed; each raises DriverError on a result other than CUDA_SUCCESS."""
+
+    def __init__(self) -> None:
+        try:
+            lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+            for name, argtypes in _SIGNATURES.items():
+                getattr(lib, name).argtypes = argtypes
+        except (OSError, AttributeError) as exc:
+            raise DriverError(f"CUDA driver library unusable: {exc}") from exc
+        self._lib = lib
+
+    def __call__(self, name: str, *args) -> None:
+        result = getattr(self._lib, name)(*args)
+        if result != 0:
+            raise DriverError(f"{name} returned CUresult {result}")
+
+    def nodes(self, graph) -> list[int]:
+        count = ctypes.c_size_t(0)
+        self("cuGraphGetNodes", graph, None, ctypes.byref(count))
+        listed = (_P * count.value)()
+        self("cuGraphGetNodes", graph, listed, ctypes.byref(count))
+        return [listed[i] for i in range(count.value)]
+
+    def marker_value(self, node: int, marker_ptr: int) -> int | None:
+        """The byte a memset node writes to the marker buffer, or None for any other node."""
+        kind = ctypes.c_int()
+        self("cuGraphNodeGetType", node, ctypes.byref(kind))
+        if kind.value != MEMSET_NODE:
+            return None
+        params = MemsetParams()
+        self("cuGraphMemsetNodeGetParams", node, ctypes.byref(params))
+        return params.value if params.dst == marker_ptr else None
+
+    def mark(self, marker_ptr: int, value: int, stream: int) -> None:
+        self("cuMemsetD8Async", marker_ptr, value, MARKER_BYTES, stream)
+
+    def clone_keeping(self, graph, keep: set[int], every: list[int]) -> int:
+        """A clone of ``graph`` with the clones of the nodes of ``every`` outside ``keep`` destroyed."""
+        clone = _P()
+        self("cuGraphClone", ctypes.byref(clone), graph)
+        for node in every:
+            if node not in keep:
+                copy = _P()
+                self("cuGraphNodeFindInClone", ctypes.byref(copy), node, clone)
+                self("cuGraphDestroyNode", copy)
+        return clone.value
+
+    def instantiate(self, graph) -> int:
+        executable = _P()
+        self("cuGraphInstantiateWithFlags", ctypes.byref(executable), graph, 0)
+        return executable.value
+
+    def launch(self, executable: int, stream: int) -> None:
+        self("cuGraphLaunch", executable, stream)
+
+
+def segments(driver, graph, marker_ptr: int, count: int) -> tuple[list[list[int]], list[int]]:
+    """The nodes of each of ``count`` captures in ``graph``, cut at the marker memsets (values 1 .. count), and
+    the markers.
+
+    The driver lists a graph's nodes in the order they were added, which for one stream is the capture's order;
+    the markers, found in that order with their values counting up, check it. A capture on one stream forms a
+    chain, so each segment holds exactly one capture's work."""
+    cut: list[list[int]] = []
+    markers = []
+    for node in driver.nodes(graph):
+        value = driver.marker_value(node, marker_ptr)
+        if value is not None:
+            if value != len(cut) + 1:
+                raise DriverError(f"marker {value} listed where marker {len(cut) + 1} was expected")
+            markers.append(node)
+            cut.append([])
+        elif not cut:
+            raise DriverError("the captured graph has nodes before its first marker")
+        else:
+            cut[-1].append(node)
+    if len(cut) != count or not all(cut):
+        raise DriverError(f"{len(cut)} segments ({sum(not c for c in cut)} empty) for {count} captures")
+    return cut, markers
+
+
+def split(driver, graph, marker_ptr: int, count: int) -> list[int]:
+    """A graph per capture (see ``segments``), each holding only that capture's nodes and the edges among them."""
+    cut, markers = segments(driver, graph, marker_ptr, count)
+    every = markers + [node for seg in cut for node in seg]
+    graphs = []
+    try:
+        for seg in cut:
+            graphs.append(driver.clone_keeping(graph, set(seg), every))
+            if len(driver.nodes(graphs[-1])) != len(seg):
+                raise DriverError(f"a cut graph kept {len(driver.nodes(graphs[-1]))} nodes, not {len(seg)}")
+    except DriverError:
+        destroy(driver, [], graphs)
+        raise
+    return graphs
+
+
+def destroy(driver, executables: list[int], graphs: list[int]) -> None:
+    """Free executables and graphs made here, best effort (an executable still running is freed when it
+    completes)."""
+    for name, handles in (("cuGraphExecDestroy", executables), ("cuGraphDestroy", graphs)):
+        for handle in handles:
+            try:
+                driver(name, handle)
+            except DriverError as exc:
+                logger.debug("%s", exc)

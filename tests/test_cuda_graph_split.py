@@ -1,0 +1,96 @@
+"""unifer_cuda.graph_split's cutting of one captured graph into a graph per capture, on a model of the driver's
+graph calls (the real calls run on the GPU: conformance's e2e/graphs_match_eager replays the cut graphs)."""
+
+from __future__ import annotations
+
+import pytest
+from unifer_cuda import graph_split
+from unifer_cuda.graph_split import DriverError
+
+MARKER = 0x7000
+
+
+class FakeDriver:
+    """Graphs as ordered node lists; a node is (name, marker value or None). Node handles are ints."""
+
+    def __init__(self, listed: list[tuple[str, int | None]]) -> None:
+        self.node_info = {}
+        self.graphs = {1: []}
+        for name, value in listed:
+            handle = len(self.node_info) + 100
+            self.node_info[handle] = (name, value)
+            self.graphs[1].append(handle)
+        self.clone_of = {}  # (clone graph, original node) -> cloned node
+        self.destroyed = []
+        self.drop_in_clone = None  # a node whose clone survives its destruction (a refused destroy)
+
+    def nodes(self, graph):
+        return list(self.graphs[graph])
+
+    def marker_value(self, node, marker_ptr):
+        assert marker_ptr == MARKER
+        return self.node_info[node][1]
+
+    def clone_keeping(self, graph, keep, every):
+        clone = max(self.graphs) + 1
+        self.graphs[clone] = []
+        for node in self.graphs[graph]:
+            copy = len(self.node_info) + 100
+            self.node_info[copy] = self.node_info[node]
+            self.clone_of[clone, node] = copy
+            self.graphs[clone].append(copy)
+        for node in every:
+            if node not in keep and node != self.drop_in_clone:
+                self.graphs[clone].remove(self.clone_of[clone, node])
+        return clone
+
+    def __call__(self, name, handle):
+        self.destroyed.append((name, handle))
+
+    def names(self, graph):
+        return [self.node_info[n][0] for n in self.graphs[graph]]
+
+
+def chain(*segments):
+    listed = []
+    for i, names in enumerate(segments):
+        listed.append((f"marker{i + 1}", i + 1))
+        listed += [(name, None) for name in names]
+    return listed
+
+
+def test_each_cut_graph_holds_one_capture():
+    driver = FakeDriver(chain(["norm", "gemm", "attention"], ["norm"], ["gemm", "memset", "gemm"]))
+    cut = graph_split.split(driver, 1, MARKER, 3)
+    assert [driver.names(g) for g in cut] == [["norm", "gemm", "attention"], ["norm"], ["gemm", "memset", "gemm"]]
+    assert driver.names(1)[0] == "marker1" and len(driver.graphs[1]) == 10  # the captured graph is left whole
+
+
+@pytest.mark.parametrize("listed, problem", [
+    ([("marker2", 2), ("a", None), ("marker1", 1), ("b", None)], "marker 2 listed where marker 1"),
+    ([("a", None), ("marker1", 1), ("b", None), ("marker2", 2), ("c", None)], "nodes before its first marker"),
+    (chain(["a"], [], ["c"]), "3 segments (1 empty) for 3 captures"),
+    (chain(["a"], ["b"]), "2 segments (0 empty) for 3 captures"),
+])
+def test_a_graph_out_of_capture_order_is_refused(listed, problem):
+    with pytest.raises(DriverError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        graph_split.split(FakeDriver(listed), 1, MARKER, 3)
+
+
+def test_a_wrong_cut_frees_what_it_made():
+    driver = FakeDriver(chain(["a", "b"], ["c"], ["d"]))
+    driver.drop_in_clone = driver.graphs[1][4]  # "c", which the first capture's clone then keeps
+    with pytest.raises(DriverError, match="kept 3 nodes, not 2"):
+        graph_split.split(driver, 1, MARKER, 3)
+    assert driver.destroyed == [("cuGraphDestroy", 2)]
+
+
+def test_destroy_is_best_effort():
+    calls = []
+
+    def driver(name, handle):
+        calls.append((name, handle))
+        raise DriverError("CUDA_ERROR_DEINITIALIZED")
+
+    graph_split.destroy(driver, [7, 8], [9])
+    assert calls == [("cuGraphExecDestroy", 7), ("cuGraphExecDestroy", 8), ("cuGraphDestroy", 9)]
