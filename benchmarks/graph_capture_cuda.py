@@ -21,8 +21,9 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``mallocafter`` / ``mallocfree``: after each capture, 256 MiB allocated by cudaMalloc and held / freed at once
     (kept in torch's cache); ``kernelafter``: a kernel run after each capture on the current stream;
   - ``samestream``: every capture warms up on one side stream, where the runner takes a new one per capture;
-  - ``separate``: one stream capture per graph, as the runner made before ``capture_many`` (every other modifier
-    but ``connN``, ``nopdl`` and ``asc`` implies it, as they change ``capture``).
+  - ``onecapture``: ``UNIFER_CUDA_ONE_CAPTURE=1``, so the graph runner makes one stream capture for all buckets
+    and cuts it into a graph each (without it, and with every other modifier but ``connN``, ``nopdl`` and ``asc``,
+    which change ``capture``, one capture per graph).
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
@@ -61,8 +62,8 @@ NAMED = {
     # Is a cudaMalloc after a capture what costs? Does warming every bucket up on one stream avoid it?
     "malloc": "2048/plain,2048/plain/256,2048/plain+mallocafter,2048/plain+mallocfree,2048/plain+kernelafter,"
               "2048/plain+samestream/256,2048/plain+samestream/8",
-    # The runner's one stream capture for all buckets against one capture per bucket.
-    "onecapture": "2048/plain,2048/plain/256,2048/plain+separate/256",
+    # The runner's one stream capture for all buckets (UNIFER_CUDA_ONE_CAPTURE=1) against one capture per bucket.
+    "onecapture": "2048/plain,2048/plain+onecapture/256,2048/plain/256",
     "oneexec": "2048/plain,2048/plain/256,2048/plain+kept/256,2048/plain+oneexec/256,2048/plain+oneexec/256@4",
 }
 
@@ -202,7 +203,9 @@ def patch(variant: str) -> None:
     from unifer_cuda.graphs import CUDAGraphRunner
 
     how, *modifiers = variant.split("+")
-    if set(modifiers) - {"nopdl", "asc"} - {m for m in modifiers if m.startswith("conn")}:
+    if "onecapture" in modifiers:
+        os.environ["UNIFER_CUDA_ONE_CAPTURE"] = "1"
+    if set(modifiers) - {"nopdl", "asc", "onecapture"} - {m for m in modifiers if m.startswith("conn")}:
         CUDAGraphRunner.capture_many = lambda self, fns: [self.capture(fn) for fn in fns]
     for m in modifiers:
         if m.startswith("conn"):  # read when the CUDA context is made, which no import here does

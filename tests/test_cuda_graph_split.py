@@ -94,3 +94,33 @@ def test_destroy_is_best_effort():
 
     graph_split.destroy(driver, [7, 8], [9])
     assert calls == [("cuGraphExecDestroy", 7), ("cuGraphExecDestroy", 8), ("cuGraphDestroy", 9)]
+
+
+@pytest.fixture
+def one_by_one(monkeypatch):
+    """CUDAGraphRunner with ``capture`` recording its steps in place of capturing them."""
+    from unifer_cuda.graphs import CUDAGraphRunner
+
+    captured = []
+    monkeypatch.setattr(CUDAGraphRunner, "capture", lambda self, fn: captured.append(fn) or (lambda: fn()))
+    return CUDAGraphRunner(), captured
+
+
+def test_one_capture_is_opt_in(one_by_one, monkeypatch):
+    runner, captured = one_by_one
+    monkeypatch.delenv("UNIFER_CUDA_ONE_CAPTURE", raising=False)
+    monkeypatch.setattr(graph_split, "Driver", lambda: pytest.fail("the driver was used"))
+    fns = [lambda i=i: i for i in range(3)]
+    assert [replay() for replay in runner.capture_many(fns)] == [0, 1, 2] and captured == fns
+
+
+def test_an_unusable_driver_means_one_capture_each(one_by_one, monkeypatch):
+    runner, captured = one_by_one
+    monkeypatch.setenv("UNIFER_CUDA_ONE_CAPTURE", "1")
+
+    def no_driver():
+        raise DriverError("CUDA driver library unusable: libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(graph_split, "Driver", no_driver)
+    fns = [lambda i=i: i for i in range(3)]
+    assert [replay() for replay in runner.capture_many(fns)] == [0, 1, 2] and captured == fns
