@@ -1,8 +1,8 @@
 """One CUDA stream capture for many graphs: the driver-API half of ``CUDAGraphRunner.capture_many``.
 
 Why: on an H100 (driver 580, torch 2.11), once a process has made a second stream capture, even of an empty graph,
-every replay of every graph loses most of the overlap between its kernels and the cuBLAS ones around them, ~0.5 µs
-at each of the ~110 such boundaries in a batch-1 decode step (~5% of the step; benchmarks/RESULTS.md). Instantiating
+every replay of every graph loses most of the overlap between its kernels and the cuBLAS ones around them, ~0.4 µs
+at each of the ~145 such boundaries in a batch-1 decode step (~5% of the step; benchmarks/RESULTS.md). Instantiating
 more graphs does not cost, so the runner captures every bucket's step in one stream capture, a marker memset before
 each, and cuts that graph at the markers into a graph per bucket here: each a clone of the whole with every other
 node destroyed, which keeps the edges (programmatic ones included) among the nodes it keeps.
