@@ -14,8 +14,8 @@ import torch
 from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
 
 
-def kernel_times(replay, replays: int) -> dict[str, tuple[float, int]]:
-    """{kernel name: (GPU µs per replay, calls per replay)} over ``replays`` replays, after five unprofiled."""
+def profiled(replay, replays: int):
+    """torch.profiler's record of ``replays`` replays (GPU activity only), after five unprofiled."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(5):
@@ -25,6 +25,12 @@ def kernel_times(replay, replays: int) -> dict[str, tuple[float, int]]:
         for _ in range(replays):
             replay()
         torch.cuda.synchronize()
+    return prof
+
+
+def kernel_times(replay, replays: int) -> dict[str, tuple[float, int]]:
+    """{kernel name: (GPU µs per replay, calls per replay)} over ``replays`` replays, after five unprofiled."""
+    prof = profiled(replay, replays)
     rows = {}
     for evt in prof.key_averages():
         if evt.device_type.name == "CUDA" and evt.self_device_time_total > 0:

@@ -98,13 +98,7 @@ def capture_kept(self, fn, one_exec=None):
     is instantiated on its first replay, or replayed through ``one_exec``."""
     import torch
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(self.warmup_runs):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
+    self._warm_up([fn])
     graph = torch.cuda.CUDAGraph(keep_graph=True)
     with torch.cuda.graph(graph, pool=self._pool):
         out = fn()
@@ -359,16 +353,9 @@ def short(name: str) -> str:
 def transitions(replay, replays: int = 30) -> str:
     """Per kind of kernel-to-kernel transition in a replay: the summed gap (next start - previous end; negative
     where programmatic dependent launch overlaps them), in µs per replay."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    from decode_profile_cuda import profiled
 
-    for _ in range(5):
-        replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(replays):
-            replay()
-        torch.cuda.synchronize()
+    prof = profiled(replay, replays)
     kernels = sorted((e.time_range.start, e.time_range.end, short(e.name)) for e in prof.events()
                      if e.device_type.name == "CUDA")
     gaps: dict[tuple[str, str], list[float]] = {}
