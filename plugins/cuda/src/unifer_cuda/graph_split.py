@@ -81,7 +81,7 @@ class Driver:
             return None
         params = MemsetParams()
         self("cuGraphMemsetNodeGetParams", node, ctypes.byref(params))
-        return params.value if params.dst == marker_ptr else None
+        return params.value & 0xFF if params.dst == marker_ptr else None  # the byte, were it stored replicated
 
     def mark(self, marker_ptr: int, value: int, stream: int) -> None:
         self("cuMemsetD8Async", marker_ptr, value, MARKER_BYTES, stream)
@@ -90,11 +90,15 @@ class Driver:
         """A clone of ``graph`` with the clones of the nodes of ``every`` outside ``keep`` destroyed."""
         clone = _P()
         self("cuGraphClone", ctypes.byref(clone), graph)
-        for node in every:
-            if node not in keep:
-                copy = _P()
-                self("cuGraphNodeFindInClone", ctypes.byref(copy), node, clone)
-                self("cuGraphDestroyNode", copy)
+        try:
+            for node in every:
+                if node not in keep:
+                    copy = _P()
+                    self("cuGraphNodeFindInClone", ctypes.byref(copy), node, clone)
+                    self("cuGraphDestroyNode", copy)
+        except Exception:
+            destroy(self, [], [clone.value])
+            raise
         return clone.value
 
     def instantiate(self, graph) -> int:
@@ -141,7 +145,7 @@ def split(driver, graph, marker_ptr: int, count: int) -> list[int]:
             graphs.append(driver.clone_keeping(graph, set(seg), every))
             if len(driver.nodes(graphs[-1])) != len(seg):
                 raise DriverError(f"a cut graph kept {len(driver.nodes(graphs[-1]))} nodes, not {len(seg)}")
-    except DriverError:
+    except Exception:
         destroy(driver, [], graphs)
         raise
     return graphs
