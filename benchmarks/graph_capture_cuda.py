@@ -23,7 +23,7 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``samestream``: every capture warms up on one side stream, where the runner takes a new one per capture;
   - ``onecapture``: ``UNIFER_CUDA_ONE_CAPTURE=1``, so the graph runner makes one stream capture for all buckets
     and cuts it into a graph each (without it, and with every other modifier but ``connN``, ``nopdl`` and ``asc``,
-    which change ``capture``, one capture per graph).
+    which change ``capture``, one capture per graph);
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
