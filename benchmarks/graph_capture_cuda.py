@@ -30,15 +30,13 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
   - ``ifnodes``: every bucket's step in one graph, each behind a conditional node that a one-hot device vector
     switches on, so the process holds a single graph executable;
   - ``connN``: CUDA_DEVICE_MAX_CONNECTIONS=N (hardware work queues; the driver's default is 8);
-  - ``kept``: graphs captured with ``keep_graph=True``, so that each is instantiated only on its first replay;
-  - ``oneexec``: ``kept``, and the process holds one graph executable: a replay of another bucket's graph first
-    updates it in place (``cuGraphExecUpdate``; re-instantiated where the update is refused).
+  - ``kept``: graphs captured with ``keep_graph=True``, so that each is instantiated only on its first replay
+    (``oneexec``, one executable updated in place for every graph, is at 4ca8bba: raw/h100-graph-oneexec-59.txt).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
@@ -54,8 +52,6 @@ NAMED = {
     "ifnodes": "2048/plain,2048/plain/8,2048/plain/256,2048/plain+ifnodes,2048/plain+ifnodes/8,2048/plain+ifnodes/256",
     # What graph_batch_sizes=[1] gains at batch 1 and costs at batch 4 (eager there), against the engine's default.
     "sizes": "2048/plain/256,2048/plain/256/1,2048/plain/256@4,2048/plain/256/1@4",
-    # Is it the capture of a second graph that costs, or its instantiation? And does one executable, updated in
-    # place when the bucket changes, run as fast as a process's only graph?
     # Which kernel-to-kernel transitions lose their overlap, and which kinds of second capture cost.
     "transitions": "2048/plain,2048/plain/8,2048/plain+tinyafter,2048/plain+tinyrelaxed,2048/plain+tinyempty,"
                    "2048/plain+sidestream",
@@ -64,38 +60,14 @@ NAMED = {
               "2048/plain+samestream/256,2048/plain+samestream/8",
     # The runner's one stream capture for all buckets (UNIFER_CUDA_ONE_CAPTURE=1) against one capture per bucket.
     "onecapture": "2048/plain,2048/plain+onecapture/256,2048/plain/256",
-    "oneexec": "2048/plain,2048/plain/256,2048/plain+kept/256,2048/plain+oneexec/256,2048/plain+oneexec/256@4",
+    # Is it the capture of a second graph that costs, or its instantiation?
+    "kept": "2048/plain,2048/plain/256,2048/plain+kept/256",
 }
 
 
-ONE_EXEC = []  # the ``oneexec`` variant's executable
-
-
-def switch_cost(llm, ex, n: int = 50) -> str:
-    """Host and device time of replays that alternate buckets 1 and 2 against replays of bucket 1 alone. Run after
-    the timed rounds: the replays read whatever the static inputs last held."""
-    import time
-
-    import torch
-
-    graphs, times = llm.engine.runner._graphs, {}
-    for name, order in (("1,1", (1, 1)), ("1,2", (1, 2))):
-        updates, update_s = ex.updates, ex.update_s
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            for b in order:
-                graphs[b]()
-        torch.cuda.synchronize()
-        times[name] = ((time.perf_counter() - t0) * 1e6 / (2 * n),
-                       (ex.update_s - update_s) * 1e6 / max(ex.updates - updates, 1))
-    return (f"replays of bucket 1 alone {times['1,1'][0]:.1f} us each; alternating 1 and 2 {times['1,2'][0]:.1f} us "
-            f"each, of which {times['1,2'][1]:.1f} us in cuGraphExecUpdate")
-
-
-def capture_kept(self, fn, one_exec=None):
-    """CUDAGraphRunner.capture for ``kept`` and ``oneexec``: the graph is captured with ``keep_graph=True``, so it
-    is instantiated on its first replay, or replayed through ``one_exec``."""
+def capture_kept(self, fn):
+    """CUDAGraphRunner.capture for ``kept``: the graph is captured with ``keep_graph=True``, so it is instantiated
+    on its first replay."""
     import torch
 
     self._warm_up([fn])
@@ -107,55 +79,10 @@ def capture_kept(self, fn, one_exec=None):
     self.graphs.append(graph)
 
     def replay():
-        if one_exec is None:
-            graph.replay()
-        else:
-            one_exec.launch(graph)
+        graph.replay()
         return out
 
     return replay
-
-
-class OneExec:
-    """One graph executable for every captured graph (``oneexec``), through the driver API: switching graphs
-    updates the executable in place, which needs the two graphs to have the same topology."""
-
-    def __init__(self):
-        import ctypes
-
-        self.ct, self.cuda = ctypes, ctypes.CDLL("libcuda.so.1")
-        self.exec, self.current = ctypes.c_void_p(), None
-        self.updates, self.refused, self.update_s = 0, 0, 0.0
-
-    def _check(self, rc, what):
-        if rc != 0:
-            raise RuntimeError(f"{what}: CUresult {rc}")
-
-    def _instantiate(self, raw):
-        self._check(self.cuda.cuGraphInstantiateWithFlags(self.ct.byref(self.exec), self.ct.c_void_p(raw),
-                                                          self.ct.c_ulonglong(0)), "cuGraphInstantiateWithFlags")
-
-    def launch(self, graph):
-        import time
-
-        import torch
-
-        raw = graph.raw_cuda_graph()
-        if self.current is None:
-            self._instantiate(raw)
-        elif raw != self.current:
-            info = (self.ct.c_int * 8)()  # CUgraphExecUpdateResultInfo: a result and two node handles
-            t0 = time.perf_counter()
-            rc = self.cuda.cuGraphExecUpdate_v2(self.exec, self.ct.c_void_p(raw), info)
-            self.update_s += time.perf_counter() - t0
-            self.updates += 1
-            if rc != 0:
-                self.refused += 1
-                self._check(self.cuda.cuGraphExecDestroy(self.exec), "cuGraphExecDestroy")
-                self._instantiate(raw)
-        self.current = raw
-        self._check(self.cuda.cuGraphLaunch(self.exec, self.ct.c_void_p(torch.cuda.current_stream().cuda_stream)),
-                    "cuGraphLaunch")
 
 
 def capture_into_one(self, fn):
@@ -299,10 +226,8 @@ def patch(variant: str) -> None:
             return run
 
         CUDAGraphRunner.capture = on_own_stream
-    if {"kept", "oneexec"} & set(modifiers):
-        one_exec = OneExec() if "oneexec" in modifiers else None
-        ONE_EXEC.extend([one_exec] if one_exec else [])
-        CUDAGraphRunner.capture = functools.partialmethod(capture_kept, one_exec=one_exec)
+    if "kept" in modifiers:
+        CUDAGraphRunner.capture = capture_kept
     if "ifnodes" in modifiers:
         if not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
             raise SystemExit(f"ifnodes: torch {torch.__version__} cannot capture into conditional nodes")
@@ -386,9 +311,6 @@ def one(variant: str) -> None:
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
           f"({len(llm.engine.runner.graph_buckets)} decode graphs; {segments}; {torch.cuda.get_device_name()})",
           flush=True)
-    for ex in ONE_EXEC:
-        print(f"    one executable: {ex.updates} updates, {ex.refused} refused; "
-              f"{switch_cost(llm, ex)}", flush=True)
     # Whether the time goes to slower kernels or to longer gaps between them.
     kernels = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
     print(f"    kernels busy {sum(us for _, (us, _) in kernels) / 1e3:.4f} ms per replay; "
