@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 # Opt-in until the conformance suite has run with it on a GPU: the sixteenth session measured it in benchmark form
 # (benchmarks/RESULTS.md) and ran out of device time before the suite could check the runner's code.
 ONE_CAPTURE_ENV = "UNIFER_CUDA_ONE_CAPTURE"
-# Whatever goes wrong through ctypes is a reason to capture one by one, never to fail the engine.
-_REFUSALS = (graph_split.DriverError, ctypes.ArgumentError, TypeError, ValueError, OSError, AttributeError)
+# What the driver (graph_split.DriverError), ctypes or torch's capture may raise: a reason to capture one by one,
+# never to fail the engine. A step's own error shows again when it is captured alone.
+_REFUSALS = (RuntimeError, ctypes.ArgumentError, TypeError, ValueError, OSError, AttributeError)
 
 
 class CUDAGraphRunner:
@@ -61,38 +62,35 @@ class CUDAGraphRunner:
         return replay
 
     def capture_many(self, fns: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
-        if os.environ.get(ONE_CAPTURE_ENV) != "1" or not 2 <= len(fns) <= graph_split.MAX_MARKERS:
-            return [self.capture(fn) for fn in fns]
-        try:
-            driver = graph_split.Driver()
-            whole = torch.cuda.CUDAGraph(keep_graph=True)  # torch 2.7 and later
-        except _REFUSALS as exc:
-            logger.warning("capturing %d CUDA graphs one by one: %s", len(fns), exc)
-            return [self.capture(fn) for fn in fns]
+        if os.environ.get(ONE_CAPTURE_ENV) == "1" and 2 <= len(fns) <= graph_split.MAX_MARKERS:
+            try:
+                return self._capture_once(fns)
+            except _REFUSALS as exc:
+                logger.warning("capturing %d CUDA graphs one by one: %s", len(fns), exc)
+        return [self.capture(fn) for fn in fns]
+
+    def _capture_once(self, fns: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
+        driver = graph_split.Driver()
+        whole = torch.cuda.CUDAGraph(keep_graph=True)  # torch 2.7 and later
         self._warm_up(fns)
         marker = torch.zeros(graph_split.MARKER_BYTES, dtype=torch.uint8, device="cuda")
         outs = []
-        try:
-            with torch.cuda.graph(whole, pool=self._pool):
-                stream = torch.cuda.current_stream().cuda_stream
-                for i, fn in enumerate(fns):
-                    driver.mark(marker.data_ptr(), i + 1, stream)
-                    outs.append(fn())
-            if self._pool is None:
-                self._pool = whole.pool()
-            self.graphs.append(whole)
-            cut = graph_split.split(driver, whole.raw_cuda_graph(), marker.data_ptr(), len(fns))
-        except (*_REFUSALS, RuntimeError) as exc:  # a step's own error shows again when it is captured alone
-            logger.warning("capturing %d CUDA graphs one by one: %s", len(fns), exc)
-            return [self.capture(fn) for fn in fns]
+        with torch.cuda.graph(whole, pool=self._pool):
+            stream = torch.cuda.current_stream().cuda_stream
+            for i, fn in enumerate(fns):
+                driver.mark(marker.data_ptr(), i + 1, stream)
+                outs.append(fn())
+        if self._pool is None:
+            self._pool = whole.pool()
+        self.graphs.append(whole)
+        cut = graph_split.split(driver, whole.raw_cuda_graph(), marker.data_ptr(), len(fns))
         executables = []
         try:
             for graph in cut:
                 executables.append(driver.instantiate(graph))
-        except _REFUSALS as exc:
+        except Exception:
             graph_split.destroy(driver, executables, cut)
-            logger.warning("capturing %d CUDA graphs one by one: %s", len(fns), exc)
-            return [self.capture(fn) for fn in fns]
+            raise
         held = _CutGraphs(whole, driver, executables, cut)
         return [held.replayer(i, out) for i, out in enumerate(outs)]
 
