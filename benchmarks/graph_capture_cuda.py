@@ -118,12 +118,22 @@ def capture_into_one(self, fn):
     return replay
 
 
+RUNNERS: list = []
+
+
 def patch(variant: str) -> None:
     import torch
     import unifer.kernels.triton.attention as attention
     from unifer_cuda.graphs import CUDAGraphRunner
 
     how, *modifiers = variant.split("+")
+    init = CUDAGraphRunner.__init__
+
+    def kept(self, *a, init=init, **kw):  # so one() can count the stream captures (each adds to .graphs)
+        init(self, *a, **kw)
+        RUNNERS.append(self)
+
+    CUDAGraphRunner.__init__ = kept
     if "onecapture" in modifiers:
         os.environ["UNIFER_CUDA_ONE_CAPTURE"] = "1"
     if set(modifiers) - {"nopdl", "asc", "onecapture"} - {m for m in modifiers if m.startswith("conn")}:
@@ -309,7 +319,8 @@ def one(variant: str) -> None:
     more = torch.cuda.memory_stats()["segment.all.allocated"] - segments
     segments = f"{segments} cudaMalloc calls at start-up, {more} more in the rounds"
     print(f"{variant:<22} engine step {min(s for s, _ in rounds):.4f} ms, replay {min(r for _, r in rounds):.4f} ms "
-          f"({len(llm.engine.runner.graph_buckets)} decode graphs; {segments}; {torch.cuda.get_device_name()})",
+          f"({len(llm.engine.runner.graph_buckets)} decode graphs, {sum(len(r.graphs) for r in RUNNERS)} stream "
+          f"captures; {segments}; {torch.cuda.get_device_name()})",
           flush=True)
     # Whether the time goes to slower kernels or to longer gaps between them.
     kernels = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
@@ -332,6 +343,9 @@ def main() -> None:
         for variant in variants.split(","):
             out = subprocess.run([sys.executable, __file__, "--one", variant], capture_output=True, text=True)
             print(out.stdout.strip() or f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
+            for line in out.stderr.splitlines():  # the graph runner's fallback, were the one capture refused
+                if "one by one" in line:
+                    print(f"    {line}", flush=True)
 
 
 if __name__ == "__main__":
