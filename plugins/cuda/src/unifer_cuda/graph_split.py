@@ -110,21 +110,19 @@ class Driver:
         self("cuGraphLaunch", executable, stream)
 
 
-def segments(driver, graph, marker_ptr: int, count: int) -> tuple[list[list[int]], list[int]]:
-    """The nodes of each of ``count`` captures in ``graph``, cut at the marker memsets (values 1 .. count), and
-    the markers.
+def segments(driver, listed: list[int], marker_ptr: int, count: int) -> list[list[int]]:
+    """The nodes of each of ``count`` captures among a graph's ``listed`` nodes, cut at the marker memsets (values
+    1 .. count), which belong to none.
 
     The driver lists a graph's nodes in the order they were added, which for one stream is the capture's order;
     the markers, found in that order with their values counting up, check it. A capture on one stream forms a
     chain, so each segment holds exactly one capture's work."""
     cut: list[list[int]] = []
-    markers = []
-    for node in driver.nodes(graph):
+    for node in listed:
         value = driver.marker_value(node, marker_ptr)
         if value is not None:
             if value != len(cut) + 1:
                 raise DriverError(f"marker {value} listed where marker {len(cut) + 1} was expected")
-            markers.append(node)
             cut.append([])
         elif not cut:
             raise DriverError("the captured graph has nodes before its first marker")
@@ -132,19 +130,19 @@ def segments(driver, graph, marker_ptr: int, count: int) -> tuple[list[list[int]
             cut[-1].append(node)
     if len(cut) != count or not all(cut):
         raise DriverError(f"{len(cut)} segments ({sum(not c for c in cut)} empty) for {count} captures")
-    return cut, markers
+    return cut
 
 
 def split(driver, graph, marker_ptr: int, count: int) -> list[int]:
     """A graph per capture (see ``segments``), each holding only that capture's nodes and the edges among them."""
-    cut, markers = segments(driver, graph, marker_ptr, count)
-    every = markers + [node for seg in cut for node in seg]
+    listed = driver.nodes(graph)
     graphs = []
     try:
-        for seg in cut:
-            graphs.append(driver.clone_keeping(graph, set(seg), every))
-            if len(driver.nodes(graphs[-1])) != len(seg):
-                raise DriverError(f"a cut graph kept {len(driver.nodes(graphs[-1]))} nodes, not {len(seg)}")
+        for seg in segments(driver, listed, marker_ptr, count):
+            graphs.append(driver.clone_keeping(graph, set(seg), listed))
+            kept = len(driver.nodes(graphs[-1]))
+            if kept != len(seg):
+                raise DriverError(f"a cut graph kept {kept} nodes, not {len(seg)}")
     except Exception:
         destroy(driver, [], graphs)
         raise
