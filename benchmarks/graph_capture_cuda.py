@@ -22,8 +22,8 @@ A variant is ``max_model_len/how[/max_num_seqs[/graph_batch_sizes]][@rows]``:
     (kept in torch's cache); ``kernelafter``: a kernel run after each capture on the current stream;
   - ``samestream``: every capture warms up on one side stream, where the runner takes a new one per capture;
   - ``onecapture``: ``UNIFER_CUDA_ONE_CAPTURE=1``, so the graph runner makes one stream capture for all buckets
-    and cuts it into a graph each (without it, and with every other modifier but ``connN``, ``nopdl`` and ``asc``,
-    which change ``capture``, one capture per graph);
+    and cuts it into a graph each (every variant without it sets the variable to 0, and every modifier but
+    ``connN``, ``nopdl`` and ``asc``, which change ``capture``, forces one capture per graph);
   - ``streams``: each graph replayed on a stream of its own, ordered with the current one by events;
   - ``noempty``: no capture empties torch's device and pinned-host caches (``torch.cuda.graph`` does on entry);
     ``devempty`` / ``hostempty``: the device / pinned-host cache emptied after each capture;
@@ -134,8 +134,8 @@ def patch(variant: str) -> None:
         RUNNERS.append(self)
 
     CUDAGraphRunner.__init__ = kept
-    if "onecapture" in modifiers:
-        os.environ["UNIFER_CUDA_ONE_CAPTURE"] = "1"
+    # Explicit either way: plain variants keep meaning one capture per bucket, as in the raw logs before it.
+    os.environ["UNIFER_CUDA_ONE_CAPTURE"] = "1" if "onecapture" in modifiers else "0"
     if set(modifiers) - {"nopdl", "asc", "onecapture"} - {m for m in modifiers if m.startswith("conn")}:
         CUDAGraphRunner.capture_many = lambda self, fns: [self.capture(fn) for fn in fns]
     for m in modifiers:

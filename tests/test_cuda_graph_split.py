@@ -1,6 +1,6 @@
 """unifer_cuda.graph_split's cutting of one captured graph into a graph per capture, on a model of the driver's
-graph calls, and the graph runner's fallbacks. The real calls need a GPU: with UNIFER_CUDA_ONE_CAPTURE=1,
-conformance's e2e/graphs_match_eager replays the cut graphs against eager steps."""
+graph calls, and the graph runner's fallbacks. The real calls need a GPU: conformance's e2e/graphs_match_eager
+replays the cut graphs against eager steps."""
 
 from __future__ import annotations
 
@@ -109,21 +109,24 @@ def one_by_one(monkeypatch):
     return CUDAGraphRunner(), captured
 
 
-def test_one_capture_is_opt_in(one_by_one, monkeypatch):
+def test_one_capture_per_graph_when_turned_off(one_by_one, monkeypatch):
     runner, captured = one_by_one
-    monkeypatch.delenv("UNIFER_CUDA_ONE_CAPTURE", raising=False)
+    monkeypatch.setenv("UNIFER_CUDA_ONE_CAPTURE", "0")
     monkeypatch.setattr(graph_split, "Driver", lambda: pytest.fail("the driver was used"))
     fns = [lambda i=i: i for i in range(3)]
     assert [replay() for replay in runner.capture_many(fns)] == [0, 1, 2] and captured == fns
 
 
-def test_an_unusable_driver_means_one_capture_each(one_by_one, monkeypatch):
+def test_one_capture_is_tried_by_default_and_an_unusable_driver_means_one_capture_each(one_by_one, monkeypatch):
     runner, captured = one_by_one
-    monkeypatch.setenv("UNIFER_CUDA_ONE_CAPTURE", "1")
+    monkeypatch.delenv("UNIFER_CUDA_ONE_CAPTURE", raising=False)
+    tried = []
 
     def no_driver():
+        tried.append(True)
         raise DriverError("CUDA driver library unusable: libcuda.so.1: cannot open shared object file")
 
     monkeypatch.setattr(graph_split, "Driver", no_driver)
     fns = [lambda i=i: i for i in range(3)]
     assert [replay() for replay in runner.capture_many(fns)] == [0, 1, 2] and captured == fns
+    assert tried == [True]

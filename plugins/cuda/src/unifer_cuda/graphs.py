@@ -14,8 +14,8 @@ from unifer_cuda import graph_split
 
 logger = logging.getLogger(__name__)
 
-# Opt-in until the conformance suite has run with it on a GPU: the sixteenth session measured it in benchmark form
-# (benchmarks/RESULTS.md) and ran out of device time before the suite could check the runner's code.
+# "0" makes one capture per graph, as before contract 1.5: a way around a driver that cuts graphs wrongly without
+# refusing, which the markers' checks would not catch.
 ONE_CAPTURE_ENV = "UNIFER_CUDA_ONE_CAPTURE"
 # What the driver (graph_split.DriverError), ctypes or torch's capture may raise: a reason to capture one by one,
 # never to fail the engine. A step's own error shows again when it is captured alone.
@@ -26,9 +26,9 @@ class CUDAGraphRunner:
     """Captures callables into CUDA graphs that share one memory pool (captured largest first, so each smaller
     graph fits in the memory the larger ones already hold).
 
-    With ``UNIFER_CUDA_ONE_CAPTURE=1``, ``capture_many`` makes one stream capture for all its callables and cuts
-    it into a graph each (``unifer_cuda.graph_split`` says why); where a step of that is refused, and without the
-    variable, it captures them one by one."""
+    ``capture_many`` makes one stream capture for all its callables and cuts it into a graph each
+    (``unifer_cuda.graph_split`` says why); where a step of that is refused, or with ``UNIFER_CUDA_ONE_CAPTURE=0``,
+    it captures them one by one."""
 
     def __init__(self, warmup_runs: int = 2) -> None:
         self.warmup_runs = warmup_runs
@@ -62,7 +62,7 @@ class CUDAGraphRunner:
         return replay
 
     def capture_many(self, fns: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
-        if os.environ.get(ONE_CAPTURE_ENV) == "1" and 2 <= len(fns) <= graph_split.MAX_MARKERS:
+        if os.environ.get(ONE_CAPTURE_ENV, "1") != "0" and 2 <= len(fns) <= graph_split.MAX_MARKERS:
             try:
                 return self._capture_once(fns)
             except _REFUSALS as exc:
