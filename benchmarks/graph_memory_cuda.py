@@ -1,7 +1,9 @@
 """What CUDA graphs cost at start-up: seconds and device memory of an engine with decode graphs (the default) and
 with graphs for steps with prefill tokens too (``mixed_graph_sizes``), against the same engine with
-``enforce_eager``. The KV cache is sized before any capture, so a graph's memory pool comes out of the share of the
-device that ``gpu_memory_utilization`` leaves free; the last column says how much of the device is in use.
+``enforce_eager``; and the decode graphs made in one stream capture (the cuda backend's default), one capture
+each, and one capture each after a refused single capture. The KV cache is sized before any capture, so a graph's
+memory pool comes out of the share of the device that ``gpu_memory_utilization`` leaves free; the last column says
+how much of the device is in use.
 
 Llama-3.2-1B shape, bf16, random weights; `unifer serve`'s limits (2048-token steps, 256 sequences) and 131072
 positions (the checkpoint's), so the KV cache takes all the memory ``gpu_memory_utilization`` (0.9) gives it.
@@ -15,7 +17,9 @@ Each variant builds its engine alone, in order, twice; a first throwaway engine 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +28,35 @@ import torch
 from model_cuda import make_checkpoint
 
 MIXED_SIZES = [16, 32, 64, 128, 256, 512, 1024, 2048]
+# "one_capture": how the cuda graph runner captures: "1" (its default) one stream capture cut into a graph per
+# bucket, "0" one capture per bucket, "refused" the single capture made but its cut refused, so that the runner
+# falls back to one capture per bucket with the refused capture's graph still alive.
 VARIANTS = {
     "enforce_eager": dict(enforce_eager=True),
-    "decode graphs (default)": {},
+    "decode graphs (default: one capture)": {},
+    "decode graphs, one capture each": dict(one_capture="0"),
+    "decode graphs, one capture refused after it was made": dict(one_capture="refused"),
     f"+ mixed graphs {MIXED_SIZES}": dict(mixed_graph_sizes=MIXED_SIZES),
 }
+
+
+@contextlib.contextmanager
+def one_capture(how: str):
+    from unifer_cuda import graph_split
+    from unifer_cuda.graphs import ONE_CAPTURE_ENV
+
+    def refuse(*args, **kwargs):
+        raise graph_split.DriverError("refused by graph_memory_cuda.py")
+
+    split = graph_split.split
+    os.environ[ONE_CAPTURE_ENV] = "0" if how == "0" else "1"
+    if how == "refused":
+        graph_split.split = refuse
+    try:
+        yield
+    finally:
+        graph_split.split = split
+        del os.environ[ONE_CAPTURE_ENV]
 
 
 def device_memory(backend: str) -> tuple[int, int, int, int]:
@@ -46,9 +74,12 @@ def device_memory(backend: str) -> tuple[int, int, int, int]:
 def build(folder: Path, args, options: dict) -> dict:
     from unifer import LLM
 
+    options = dict(options)
+    how = options.pop("one_capture", "1")
     t0 = time.perf_counter()
-    llm = LLM(model=str(folder), backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
-              max_num_batched_tokens=2048, max_num_seqs=256, **options)
+    with one_capture(how):
+        llm = LLM(model=str(folder), backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len,
+                  max_num_batched_tokens=2048, max_num_seqs=256, **options)
     startup = time.perf_counter() - t0
     used, reserved, held, total = device_memory(args.backend)
     runner = llm.engine.runner
