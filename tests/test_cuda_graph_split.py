@@ -25,7 +25,8 @@ class FakeDriver:
             self.graphs[1].append(handle)
         self.clone_of = {}  # (clone graph, original node) -> cloned node
         self.destroyed = []
-        self.drop_in_clone = None  # a node whose clone survives its destruction (a refused destroy)
+        self.calls = {"find_in_clone": 0, "destroy_node": 0}
+        self.undeletable = None  # a node name whose destruction the driver ignores (a refused destroy)
 
     def nodes(self, graph):
         return list(self.graphs[graph])
@@ -34,7 +35,7 @@ class FakeDriver:
         assert marker_ptr == MARKER
         return self.node_info[node][1]
 
-    def clone_keeping(self, graph, keep, every):
+    def clone(self, graph):
         clone = max(self.graphs) + 1
         self.graphs[clone] = []
         for node in self.graphs[graph]:
@@ -42,10 +43,18 @@ class FakeDriver:
             self.node_info[copy] = self.node_info[node]
             self.clone_of[clone, node] = copy
             self.graphs[clone].append(copy)
-        for node in every:
-            if node not in keep and node != self.drop_in_clone:
-                self.graphs[clone].remove(self.clone_of[clone, node])
         return clone
+
+    def find_in_clone(self, node, clone):
+        self.calls["find_in_clone"] += 1
+        copy = self.clone_of[clone, node]
+        assert any(copy in nodes for nodes in self.graphs.values()), "a destroyed node was looked up"
+        return copy
+
+    def destroy_node(self, node):
+        self.calls["destroy_node"] += 1
+        if self.node_info[node][0] != self.undeletable:
+            next(nodes for nodes in self.graphs.values() if node in nodes).remove(node)
 
     def __call__(self, name, handle):
         self.destroyed.append((name, handle))
@@ -80,12 +89,23 @@ def test_a_graph_out_of_capture_order_is_refused(listed, problem):
         graph_split.split(FakeDriver(listed), 1, MARKER, 3)
 
 
+def test_each_node_is_handled_about_log2_count_times():
+    segments = [[f"n{i}.{j}" for j in range(40)] for i in range(35)]  # 35 buckets, as the engine's defaults
+    driver = FakeDriver(chain(*segments))
+    cut = graph_split.split(driver, 1, MARKER, 35)
+    assert [driver.names(g) for g in cut] == segments
+    nodes = 35 * 41  # with the markers
+    # Cutting each bucket from its own clone of the whole looks up and destroys 34 others' nodes per bucket.
+    assert driver.calls["find_in_clone"] <= 7 * nodes and driver.calls["destroy_node"] <= 7 * nodes
+
+
 def test_a_wrong_cut_frees_what_it_made():
     driver = FakeDriver(chain(["a", "b"], ["c"], ["d"]))
-    driver.drop_in_clone = driver.graphs[1][4]  # "c", which the first capture's clone then keeps
+    driver.undeletable = "c"  # so the first capture's graph keeps it
     with pytest.raises(DriverError, match="kept 3 nodes, not 2"):
         graph_split.split(driver, 1, MARKER, 3)
-    assert driver.destroyed == [("cuGraphDestroy", 2)]
+    assert sorted(driver.destroyed) == [("cuGraphDestroy", 2), ("cuGraphDestroy", 3)]
+    assert len(driver.graphs[1]) == 7  # the captured graph is left whole
 
 
 def test_destroy_is_best_effort():

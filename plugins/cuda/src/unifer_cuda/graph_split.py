@@ -4,8 +4,8 @@ Why: on an H100 (driver 580, torch 2.11), once a process has made a second strea
 every replay of every graph loses most of the overlap between its kernels and the cuBLAS ones around them, ~0.4 µs
 at each of the ~145 such boundaries in a batch-1 decode step (~5% of the step; benchmarks/RESULTS.md). Instantiating
 more graphs does not cost, so the runner captures every bucket's step in one stream capture, a marker memset before
-each, and cuts that graph at the markers into a graph per bucket here: each a clone of the whole with every other
-node destroyed, which keeps the edges (programmatic ones included) among the nodes it keeps.
+each, and cuts that graph at the markers into a graph per bucket here: clones of it with the other buckets' nodes
+destroyed, which keeps the edges (programmatic ones included) among the nodes they keep.
 
 torch exposes the captured graph (``CUDAGraph(keep_graph=True).raw_cuda_graph()``) but not the calls to cut it, so
 they go through ctypes to the driver library.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+from itertools import chain
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +87,18 @@ class Driver:
     def mark(self, marker_ptr: int, value: int, stream: int) -> None:
         self("cuMemsetD8Async", marker_ptr, value, MARKER_BYTES, stream)
 
-    def clone_keeping(self, graph, keep: set[int], every: list[int]) -> int:
-        """A clone of ``graph`` with the clones of the nodes of ``every`` outside ``keep`` destroyed."""
+    def clone(self, graph) -> int:
         clone = _P()
         self("cuGraphClone", ctypes.byref(clone), graph)
-        try:
-            for node in every:
-                if node not in keep:
-                    copy = _P()
-                    self("cuGraphNodeFindInClone", ctypes.byref(copy), node, clone)
-                    self("cuGraphDestroyNode", copy)
-        except Exception:
-            destroy(self, [], [clone.value])
-            raise
         return clone.value
+
+    def find_in_clone(self, node: int, clone: int) -> int:
+        copy = _P()
+        self("cuGraphNodeFindInClone", ctypes.byref(copy), node, clone)
+        return copy.value
+
+    def destroy_node(self, node: int) -> None:
+        self("cuGraphDestroyNode", node)
 
     def instantiate(self, graph) -> int:
         executable = _P()
@@ -134,19 +133,49 @@ def segments(driver, listed: list[int], marker_ptr: int, count: int) -> list[lis
 
 
 def split(driver, graph, marker_ptr: int, count: int) -> list[int]:
-    """A graph per capture (see ``segments``), each holding only that capture's nodes and the edges among them."""
+    """A graph per capture (see ``segments``), each holding only that capture's nodes and the edges among them.
+
+    Cut by halving: a clone of ``graph`` without the markers is split into a clone holding the first half of the
+    captures and itself holding the rest, and so on down to one capture each. Each node is then looked up and
+    destroyed about log2(count) times, where cutting each capture from its own clone of the whole would take count
+    (a driver call each: 35 buckets of ~5,700 nodes took ~1 s that way on an H100)."""
     listed = driver.nodes(graph)
-    graphs = []
+    cut = segments(driver, listed, marker_ptr, count)
+    made: list[int] = []
     try:
-        for seg in segments(driver, listed, marker_ptr, count):
-            graphs.append(driver.clone_keeping(graph, set(seg), listed))
-            kept = len(driver.nodes(graphs[-1]))
-            if kept != len(seg):
-                raise DriverError(f"a cut graph kept {kept} nodes, not {len(seg)}")
+        root = _clone(driver, graph, made)
+        kept = set(chain.from_iterable(cut))
+        groups = [[driver.find_in_clone(node, root) for node in seg] for seg in cut]
+        for node in listed:
+            if node not in kept:
+                driver.destroy_node(driver.find_in_clone(node, root))
+        return _halve(driver, root, groups, made)
     except Exception:
-        destroy(driver, [], graphs)
+        destroy(driver, [], made)
         raise
-    return graphs
+
+
+def _clone(driver, graph, made: list[int]) -> int:
+    made.append(driver.clone(graph))
+    return made[-1]
+
+
+def _halve(driver, graph, groups: list[list[int]], made: list[int]) -> list[int]:
+    """A graph per group of ``graph``'s nodes (its only nodes), each holding that group alone; ``graph`` itself
+    becomes the last."""
+    if len(groups) == 1:
+        held = len(driver.nodes(graph))
+        if held != len(groups[0]):
+            raise DriverError(f"a cut graph kept {held} nodes, not {len(groups[0])}")
+        return [graph]
+    half = len(groups) // 2
+    clone = _clone(driver, graph, made)
+    front = [[driver.find_in_clone(node, clone) for node in group] for group in groups[:half]]
+    for node in chain.from_iterable(groups[half:]):
+        driver.destroy_node(driver.find_in_clone(node, clone))
+    for node in chain.from_iterable(groups[:half]):
+        driver.destroy_node(node)
+    return _halve(driver, clone, front, made) + _halve(driver, graph, groups[half:], made)
 
 
 def destroy(driver, executables: list[int], graphs: list[int]) -> None:
