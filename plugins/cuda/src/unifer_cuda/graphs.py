@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import weakref
@@ -22,6 +23,14 @@ ONE_CAPTURE_ENV = "UNIFER_CUDA_ONE_CAPTURE"
 _REFUSALS = (RuntimeError, ctypes.ArgumentError, TypeError, ValueError, OSError, AttributeError)
 
 
+@functools.cache
+def warm_up_stream(device: int) -> torch.cuda.Stream:
+    """One side stream per device for every warm-up. torch keeps a cuBLAS workspace (32 MiB on Hopper) for each
+    stream cuBLAS has run on, until the process ends, outside the KV cache's budget: a fresh stream per capture
+    left one behind each, up to the 32 of torch's stream pool."""
+    return torch.cuda.Stream(device)
+
+
 class CUDAGraphRunner:
     """Captures callables into CUDA graphs that share one memory pool (captured largest first, so each smaller
     graph fits in the memory the larger ones already hold).
@@ -37,7 +46,7 @@ class CUDAGraphRunner:
 
     def _warm_up(self, fns: list[Callable[[], torch.Tensor]]) -> None:
         # On a side stream: compiles Triton kernels and fills lazy caches outside the capture.
-        stream = torch.cuda.Stream()
+        stream = warm_up_stream(torch.cuda.current_device())
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for fn in fns:

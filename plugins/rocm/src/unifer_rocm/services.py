@@ -6,10 +6,18 @@ torch.distributed's "nccl" process-group backend is RCCL. Neither can be exercis
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from unifer.backends.comm import Communicator
+
+
+@functools.cache
+def warm_up_stream(device: int) -> torch.cuda.Stream:
+    """One side stream per device for every warm-up: torch keeps a BLAS workspace for each stream its BLAS handle
+    has run on, until the process ends, so a fresh stream per capture left one behind each."""
+    return torch.cuda.Stream(device)
 
 
 class HIPGraphRunner:
@@ -23,7 +31,7 @@ class HIPGraphRunner:
 
     def capture(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         # Triton compiles on first call, which must not happen inside the capture: warm up on a side stream.
-        side = torch.cuda.Stream()
+        side = warm_up_stream(torch.cuda.current_device())
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup_runs):
