@@ -1,8 +1,8 @@
 """The graph runners of the cuda and rocm backends warm every step up on one side stream per device, whatever the
 number of captures and runners: torch keeps a BLAS workspace (32 MiB on Hopper) for each stream its BLAS handle has
 run on until the process ends, so a fresh stream per capture could leave one behind for each stream of torch's pool
-of 32, likely the ~0.94 GiB an H100 process kept (benchmarks/RESULTS.md, eighteenth session). torch.cuda is
-modelled here: no GPU in CI."""
+of 32: the ~0.94 GiB an H100 process kept, gone with the shared stream (benchmarks/RESULTS.md, eighteenth and
+nineteenth sessions). torch.cuda is modelled here: no GPU in CI."""
 
 from __future__ import annotations
 
