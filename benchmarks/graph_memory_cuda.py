@@ -49,6 +49,7 @@ def one_capture(how: str):
         raise graph_split.DriverError("refused by graph_memory_cuda.py")
 
     split = graph_split.split
+    earlier = os.environ.get(ONE_CAPTURE_ENV)
     os.environ[ONE_CAPTURE_ENV] = "0" if how == "0" else "1"
     if how == "refused":
         graph_split.split = refuse
@@ -56,7 +57,10 @@ def one_capture(how: str):
         yield
     finally:
         graph_split.split = split
-        del os.environ[ONE_CAPTURE_ENV]
+        if earlier is None:
+            del os.environ[ONE_CAPTURE_ENV]
+        else:
+            os.environ[ONE_CAPTURE_ENV] = earlier
 
 
 def device_memory(backend: str) -> tuple[int, int, int, int]:
