@@ -54,7 +54,7 @@ def test_decode_graphs_share_one_logits_buffer(checkpoint_factory, monkeypatch):
     monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
     runner = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12).engine.runner
     with torch.inference_mode():  # as the engine replays
-        outputs = {b: replay() for b, replay in runner._graphs.items()}
+        outputs = {b: graphs[max(graphs)]() for b, graphs in runner._graphs.items()}
     assert {b: tuple(o.shape) for b, o in outputs.items()} == {b: (b, runner._logits.shape[1]) for b in outputs}
     assert {o.data_ptr() for o in outputs.values()} == {runner._logits.data_ptr()}
 
@@ -125,3 +125,45 @@ def test_serve_parses_graph_sizes():
     assert parser.parse_args(["m", "--mixed-graph-sizes", "64", "256"]).mixed_graph_sizes == [64, 256]
     args = parser.parse_args(["m"])
     assert args.graph_batch_sizes is None and args.mixed_graph_sizes is None
+
+
+def test_context_bounds_pick_the_graph(checkpoint_factory, monkeypatch):
+    # A backend asking for a second graph per small bucket, captured for contexts up to 20 tokens: steps whose
+    # contexts all fit replay it, the others the graph for max_model_len, and the tokens stay transformers'.
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
+    captured = []
+
+    def bounds(self, *, spec, num_seqs, max_model_len):
+        captured.append((num_seqs, spec.kv_heads))
+        return (20, max_model_len) if num_seqs <= 4 else (max_model_len,)
+
+    monkeypatch.setattr(CPUBackend, "graph_context_bounds", bounds)
+    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=8, max_model_len=256)
+    runner = llm.engine.runner
+    assert {b: sorted(g) for b, g in runner._graphs.items()} == {1: [20, 256], 2: [20, 256], 4: [20, 256], 8: [256]}
+    assert captured == [(8, 1), (4, 1), (2, 1), (1, 1)]  # largest first; the tiny model has 1 KV head
+    longest = {}  # (bucket, bound) -> the longest context a replay of that graph saw
+    for b, graphs in runner._graphs.items():
+        for bound, replay in graphs.items():
+            def counted(replay=replay, key=(b, bound)):
+                longest[key] = max(longest.get(key, 0), int(runner._static["seq_lens"][:key[0]].max()))
+                return replay()
+
+            graphs[bound] = counted
+    prompts = [p[:12] for p in _prompts(seed=5)[:3]]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
+    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
+    assert min(len(p) for p in prompts) + PARAMS.max_tokens > 21  # so steps past the bound happen
+    assert {key[1] for key in longest} == {20, 256}, longest
+    assert all(seen <= bound for (_, bound), seen in longest.items()), longest
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
+
+
+@pytest.mark.parametrize("bounds", [(), (0, 256), (100,), (300,)])
+def test_context_bounds_must_end_at_max_model_len(checkpoint_factory, monkeypatch, bounds):
+    folder = checkpoint_factory("Qwen2ForCausalLM")
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
+    monkeypatch.setattr(CPUBackend, "graph_context_bounds", lambda self, **kw: bounds)
+    with pytest.raises(ValueError, match="graph_context_bounds"):
+        LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=2, max_model_len=256)

@@ -54,7 +54,8 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
+        # Batch bucket -> {context bound: replay callable returning float32 logits}, see Backend.graph_context_bounds.
+        self._graphs: dict[int, dict[int, object]] = {}
         # The decode graphs' logits, one buffer for all buckets: a graph's output lives as long as the graph, and
         # with an output each, the 35 default buckets held ~2 GiB of logits at a 128k vocabulary.
         self._logits: torch.Tensor | None = None
@@ -75,6 +76,16 @@ class ModelRunner:
     def graph_buckets(self) -> list[int]:
         return sorted(self._graphs)
 
+    def decode_replay(self, num_seqs: int, longest_context: int):
+        """The decode graph's replay that a step of ``num_seqs`` sequences, the longest holding
+        ``longest_context`` tokens, runs (or None where such a step runs eagerly), with its bucket."""
+        bucket = next((b for b in sorted(self._graphs) if b >= num_seqs), None)
+        if bucket is None:
+            return None, None
+        by_bound = self._graphs[bucket]
+        bound = next((c for c in sorted(by_bound) if c >= longest_context), None)
+        return (None if bound is None else by_bound[bound]), bucket
+
     @torch.inference_mode()
     def capture_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int, sizes: list[int] | None = None,
                        mixed_sizes: list[int] | None = None) -> None:
@@ -92,10 +103,11 @@ class ModelRunner:
             graphs[key] = replay
 
     def _decode_steps(self, max_num_seqs: int, max_model_len: int, sizes: list[int] | None):
-        """(graphs table, bucket, step to capture) per decode bucket, largest first.
+        """(graphs table of the bucket, context bound, step to capture) per decode bucket and each of the
+        backend's ``graph_context_bounds`` for it, largest first.
 
-        Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
-        launch from it (split-KV) pick a launch valid for any context the replay will see."""
+        Each graph's metadata claims its bound as the longest context, so kernels that choose their launch from it
+        (split-KV) pick a launch valid for any context up to it; the bound ``max_model_len`` serves every step."""
         buckets = sorted(set(sizes)) if sizes else decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
@@ -109,11 +121,18 @@ class ModelRunner:
             self._logits = torch.empty(top, self.model.spec.vocab_size, dtype=torch.float32, device=self.device)
         steps = []
         for b in reversed(buckets):
-            metadata = self.backend.build_metadata(AttentionMetadata(
-                query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
-                block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
-                max_seq_len=max_model_len, max_seq_len_is_bound=True))
-            steps.append((self._graphs, b, functools.partial(self._decode_logits, b, metadata)))
+            bounds = sorted(set(self.backend.graph_context_bounds(spec=self.model.spec, num_seqs=b,
+                                                                  max_model_len=max_model_len)))
+            if not bounds or bounds[0] < 1 or bounds[-1] != max_model_len:
+                raise ValueError(f"backend {self.backend.name!r}: graph_context_bounds for {b} sequences gave "
+                                 f"{bounds}; it must end with max_model_len {max_model_len}, all bounds >= 1")
+            for bound in reversed(bounds):
+                metadata = self.backend.build_metadata(AttentionMetadata(
+                    query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
+                    block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
+                    max_seq_len=bound, max_seq_len_is_bound=True))
+                steps.append((self._graphs.setdefault(b, {}), bound,
+                              functools.partial(self._decode_logits, b, metadata)))
         return steps
 
     def _static_inputs(self, top: int, prev: int, max_blocks: int, seqs: int | None = None):
@@ -159,8 +178,8 @@ class ModelRunner:
 
     def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
         n = len(batch)
-        bucket = next((b for b in sorted(self._graphs) if b >= n), None)
-        if bucket is None:
+        replay, bucket = self.decode_replay(n, max(start for _, start, _, _, _ in batch) + 1)
+        if replay is None:
             return None
         st = self._static
         top = st["block_table"].shape[0]
@@ -187,7 +206,7 @@ class ModelRunner:
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
         self._send(st, host, view, bucket, prev_tokens)
-        return self._graphs[bucket]()[:n]
+        return replay()[:n]
 
     @staticmethod
     def _send(st: dict, host: torch.Tensor, view: dict, table_rows: int, prev_tokens: torch.Tensor | None) -> None:

@@ -1,0 +1,57 @@
+"""Which context bounds the Triton backends capture decode graphs for (``decode_graph_bounds``), and that the
+short bound's launch has no split and no merge. The kernels are replaced by recorders, so no kernel runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from unifer.backends.backend import AttentionMetadata
+from unifer.kernels.triton import lookup, module
+from unifer.kernels.triton.configs import decode_graph_bounds
+
+HOPPER = replace(lookup("cuda", 90).attention, short_context_graphs=1)
+LLAMA_1B = dict(head_dim=64, group=4, num_kv_heads=8)
+
+
+@pytest.mark.parametrize(("num_seqs", "max_model_len", "expected"), [
+    (1, 131072, (1023, 131072)),
+    (32, 2048, (1023, 2048)),  # 2 segments of 1024 positions
+    (64, 131072, (131072,)),  # 512 programs without a split
+    (1, 1023, (1023,)),  # never splits
+    (1, 1024, (1023, 1024)),
+    (200, 131072, (131072,)),  # past split_max_tokens
+])
+def test_bounds(num_seqs, max_model_len, expected):
+    assert decode_graph_bounds(HOPPER, num_seqs=num_seqs, max_model_len=max_model_len, **LLAMA_1B) == expected
+
+
+def test_off_unless_the_row_turns_it_on():
+    off = replace(HOPPER, short_context_graphs=0)
+    assert decode_graph_bounds(off, num_seqs=1, max_model_len=131072, **LLAMA_1B) == (131072,)
+
+
+class _Recorder:
+    def __init__(self):
+        self.grids = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.grids.append(grid)
+
+
+@pytest.mark.parametrize("max_model_len", [2048, 131072])
+def test_short_bound_launches_no_merge(monkeypatch, max_model_len):
+    att = module("attention")
+    launched = {}
+    for bound in decode_graph_bounds(HOPPER, num_seqs=1, max_model_len=max_model_len, **LLAMA_1B):
+        kernel, merge = _Recorder(), _Recorder()
+        monkeypatch.setattr(att, "_unified_attention_kernel", kernel)
+        monkeypatch.setattr(att, "_reduce_segments_kernel", merge)
+        md = AttentionMetadata(
+            query_start_loc=torch.tensor([0, 1], dtype=torch.int32), seq_lens=torch.tensor([40], dtype=torch.int32),
+            block_table=torch.ones(1, 4, dtype=torch.int32), slot_mapping=torch.zeros(1, dtype=torch.int64),
+            max_query_len=1, max_seq_len=bound, max_seq_len_is_bound=True)
+        att.unified_attention(torch.zeros(1, 32, 64), torch.zeros(2, 8, 16, 8, 64), md, scale=0.125, config=HOPPER)
+        launched[bound] = (kernel.grids[0][1], len(merge.grids))
+    assert launched == {1023: (1, 0), max_model_len: (min(64, max_model_len // 128), 1)}
