@@ -10,7 +10,7 @@ import torch
 from hf_reference import hf_greedy
 from test_hf_equivalence import PARAMS, _assert_matches_hf, _prompts
 from unifer import LLM
-from unifer.engine.runner import decode_buckets
+from unifer.engine.runner import ModelRunner, decode_buckets
 from unifer_cpu.backend import CPUBackend
 
 
@@ -141,7 +141,8 @@ def test_context_bounds_pick_the_graph(checkpoint_factory, monkeypatch):
     monkeypatch.setattr(CPUBackend, "graph_context_bounds", bounds)
     llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=8, max_model_len=256)
     runner = llm.engine.runner
-    assert {b: sorted(g) for b, g in runner._graphs.items()} == {1: [20, 256], 2: [20, 256], 4: [20, 256], 8: [256]}
+    assert {b: runner.graph_bounds(b) for b in runner.graph_buckets} == {1: [20, 256], 2: [20, 256], 4: [20, 256],
+                                                                         8: [256]}
     assert captured == [(8, 1), (4, 1), (2, 1), (1, 1)]  # largest first; the tiny model has 1 KV head
     longest = {}  # (bucket, bound) -> the longest context a replay of that graph saw
     for b, graphs in runner._graphs.items():
@@ -156,6 +157,7 @@ def test_context_bounds_pick_the_graph(checkpoint_factory, monkeypatch):
     _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
     assert min(len(p) for p in prompts) + PARAMS.max_tokens > 21  # so steps past the bound happen
     assert {key[1] for key in longest} == {20, 256}, longest
+    assert set(runner.graph_replays) == set(longest)
     assert all(seen <= bound for (_, bound), seen in longest.items()), longest
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
 
@@ -167,3 +169,30 @@ def test_context_bounds_must_end_at_max_model_len(checkpoint_factory, monkeypatc
     monkeypatch.setattr(CPUBackend, "graph_context_bounds", lambda self, **kw: bounds)
     with pytest.raises(ValueError, match="graph_context_bounds"):
         LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=2, max_model_len=256)
+
+
+def test_conformance_bounds_case(monkeypatch):
+    """The suite's e2e/graph_bounds_match_eager case: not applicable with one bound per bucket; with a second
+    batch-1 graph for contexts up to 1023 it passes, both graphs replayed, and fails when that graph's logits are
+    wrong."""
+    from unifer_conformance.suite import run_suite
+
+    case_id = "e2e/graph_bounds_match_eager/llama"
+    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
+    [case] = run_suite("cpu", keyword=case_id)["cases"]
+    assert case["status"] == "NOT_APPLICABLE" and "one decode graph per bucket" in case["message"], case
+
+    monkeypatch.setattr(CPUBackend, "graph_context_bounds",
+                        lambda self, *, spec, num_seqs, max_model_len: (1023, max_model_len))
+    [case] = run_suite("cpu", keyword=case_id)["cases"]
+    assert case["status"] == "PASS" and "[1023, 2048]" in case["message"], case["message"]
+
+    decode_logits = ModelRunner._decode_logits
+
+    def wrong_when_short(self, b, metadata):
+        logits = decode_logits(self, b, metadata)
+        return logits.flip(-1) if metadata.max_seq_len == 1023 else logits
+
+    monkeypatch.setattr(ModelRunner, "_decode_logits", wrong_when_short)
+    [case] = run_suite("cpu", keyword=case_id)["cases"]
+    assert case["status"] == "FAIL" and "with graphs, against" in case["message"], case["message"]

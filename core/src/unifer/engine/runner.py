@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 
@@ -56,6 +57,7 @@ class ModelRunner:
         self.device = device
         # Batch bucket -> {context bound: replay callable returning float32 logits}, see Backend.graph_context_bounds.
         self._graphs: dict[int, dict[int, object]] = {}
+        self.graph_replays: collections.Counter[tuple[int, int]] = collections.Counter()  # (bucket, bound) -> count
         # The decode graphs' logits, one buffer for all buckets: a graph's output lives as long as the graph, and
         # with an output each, the 35 default buckets held ~2 GiB of logits at a 128k vocabulary.
         self._logits: torch.Tensor | None = None
@@ -76,15 +78,23 @@ class ModelRunner:
     def graph_buckets(self) -> list[int]:
         return sorted(self._graphs)
 
-    def decode_replay(self, num_seqs: int, longest_context: int):
-        """The decode graph's replay that a step of ``num_seqs`` sequences, the longest holding
-        ``longest_context`` tokens, runs (or None where such a step runs eagerly), with its bucket."""
+    def graph_bounds(self, bucket: int) -> list[int]:
+        """The context bounds the decode graphs of ``bucket`` were captured for (``Backend.graph_context_bounds``)."""
+        return sorted(self._graphs.get(bucket, ()))
+
+    def decode_graph(self, num_seqs: int, longest_context: int) -> tuple[int, int] | None:
+        """(bucket, context bound) of the decode graph that a step of ``num_seqs`` sequences, the longest holding
+        ``longest_context`` tokens, replays; None where such a step runs eagerly."""
         bucket = next((b for b in sorted(self._graphs) if b >= num_seqs), None)
         if bucket is None:
-            return None, None
-        by_bound = self._graphs[bucket]
-        bound = next((c for c in sorted(by_bound) if c >= longest_context), None)
-        return (None if bound is None else by_bound[bound]), bucket
+            return None
+        bound = next((c for c in sorted(self._graphs[bucket]) if c >= longest_context), None)
+        return None if bound is None else (bucket, bound)
+
+    def decode_replay(self, num_seqs: int, longest_context: int):
+        """The replay callable of ``decode_graph``'s graph, or None."""
+        key = self.decode_graph(num_seqs, longest_context)
+        return None if key is None else self._graphs[key[0]][key[1]]
 
     @torch.inference_mode()
     def capture_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int, sizes: list[int] | None = None,
@@ -178,9 +188,11 @@ class ModelRunner:
 
     def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
         n = len(batch)
-        replay, bucket = self.decode_replay(n, max(start for _, start, _, _, _ in batch) + 1)
-        if replay is None:
+        key = self.decode_graph(n, max(start for _, start, _, _, _ in batch) + 1)
+        if key is None:
             return None
+        bucket, bound = key
+        self.graph_replays[key] += 1
         st = self._static
         top = st["block_table"].shape[0]
         # This buffer was last copied from two replays ago: the host has read that step's sampled tokens since, so
@@ -206,7 +218,7 @@ class ModelRunner:
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
         self._send(st, host, view, bucket, prev_tokens)
-        return replay()[:n]
+        return self._graphs[bucket][bound]()[:n]
 
     @staticmethod
     def _send(st: dict, host: torch.Tensor, view: dict, table_rows: int, prev_tokens: torch.Tensor | None) -> None:
