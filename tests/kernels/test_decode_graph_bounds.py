@@ -55,3 +55,26 @@ def test_short_bound_launches_no_merge(monkeypatch, max_model_len):
         att.unified_attention(torch.zeros(1, 32, 64), torch.zeros(2, 8, 16, 8, 64), md, scale=0.125, config=HOPPER)
         launched[bound] = (kernel.grids[0][1], len(merge.grids))
     assert launched == {1023: (1, 0), max_model_len: (min(64, max_model_len // 128), 1)}
+
+
+
+class _Flags:
+    def __init__(self):
+        self.skip_empty = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.skip_empty.append(kwargs["SKIP_EMPTY"])
+
+
+def test_unsplit_bounded_launch_is_warm_ups_variant(monkeypatch):
+    # The short graph's launch (bounded metadata, one segment) is the variant warm_up compiles with eager steps.
+    att = module("attention")
+    kernel = _Flags()
+    monkeypatch.setattr(att, "_unified_attention_kernel", kernel)
+    for bound in (False, True):
+        md = AttentionMetadata(
+            query_start_loc=torch.tensor([0, 1], dtype=torch.int32), seq_lens=torch.tensor([40], dtype=torch.int32),
+            block_table=torch.ones(1, 4, dtype=torch.int32), slot_mapping=torch.zeros(1, dtype=torch.int64),
+            max_query_len=1, max_seq_len=1023, max_seq_len_is_bound=bound)
+        att.unified_attention(torch.zeros(1, 32, 64), torch.zeros(2, 8, 16, 8, 64), md, scale=0.125, config=HOPPER)
+    assert kernel.skip_empty == [False, False]

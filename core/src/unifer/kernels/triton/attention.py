@@ -344,7 +344,8 @@ def unified_attention(
 
     # Only where the segment count follows a bound, not this step's contexts, can most segments be empty; a count
     # fitted to the context pays the exit test and the merge's extra metadata for nothing (1-2% on an H100).
-    skip_empty = bool(cfg.skip_empty_segments) and metadata.max_seq_len_is_bound
+    # Unsplit, it changes nothing but would compile one more variant (a short-context graph's, past warm_up's).
+    skip_empty = bool(cfg.skip_empty_segments) and metadata.max_seq_len_is_bound and num_segments > 1
     acc = acc_dtype(query.dtype)
     pdl = launch_options(query.device)
     if num_segments > 1:
