@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
-from unifer.backends.backend import AttentionMetadata
-from unifer.kernels.triton import lookup, module
+from test_attention_skip_empty import record_launches
+from unifer.kernels.triton import lookup
 from unifer.kernels.triton.configs import decode_graph_bounds
 
 HOPPER = replace(lookup("cuda", 90).attention, short_context_graphs=1)
@@ -32,49 +31,17 @@ def test_off_unless_the_row_turns_it_on():
     assert decode_graph_bounds(off, num_seqs=1, max_model_len=131072, **LLAMA_1B) == (131072,)
 
 
-class _Recorder:
-    def __init__(self):
-        self.grids = []
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.grids.append(grid)
-
-
 @pytest.mark.parametrize("max_model_len", [2048, 131072])
 def test_short_bound_launches_no_merge(monkeypatch, max_model_len):
-    att = module("attention")
     launched = {}
     for bound in decode_graph_bounds(HOPPER, num_seqs=1, max_model_len=max_model_len, **LLAMA_1B):
-        kernel, merge = _Recorder(), _Recorder()
-        monkeypatch.setattr(att, "_unified_attention_kernel", kernel)
-        monkeypatch.setattr(att, "_reduce_segments_kernel", merge)
-        md = AttentionMetadata(
-            query_start_loc=torch.tensor([0, 1], dtype=torch.int32), seq_lens=torch.tensor([40], dtype=torch.int32),
-            block_table=torch.ones(1, 4, dtype=torch.int32), slot_mapping=torch.zeros(1, dtype=torch.int64),
-            max_query_len=1, max_seq_len=bound, max_seq_len_is_bound=True)
-        att.unified_attention(torch.zeros(1, 32, 64), torch.zeros(2, 8, 16, 8, 64), md, scale=0.125, config=HOPPER)
-        launched[bound] = (kernel.grids[0][1], len(merge.grids))
+        [(grid, _)], merges = record_launches(monkeypatch, bound=True, config=HOPPER, max_seq_len=bound)
+        launched[bound] = (grid[1], len(merges))
     assert launched == {1023: (1, 0), max_model_len: (min(64, max_model_len // 128), 1)}
-
-
-
-class _Flags:
-    def __init__(self):
-        self.skip_empty = []
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.skip_empty.append(kwargs["SKIP_EMPTY"])
 
 
 def test_unsplit_bounded_launch_is_warm_ups_variant(monkeypatch):
     # The short graph's launch (bounded metadata, one segment) is the variant warm_up compiles with eager steps.
-    att = module("attention")
-    kernel = _Flags()
-    monkeypatch.setattr(att, "_unified_attention_kernel", kernel)
-    for bound in (False, True):
-        md = AttentionMetadata(
-            query_start_loc=torch.tensor([0, 1], dtype=torch.int32), seq_lens=torch.tensor([40], dtype=torch.int32),
-            block_table=torch.ones(1, 4, dtype=torch.int32), slot_mapping=torch.zeros(1, dtype=torch.int64),
-            max_query_len=1, max_seq_len=1023, max_seq_len_is_bound=bound)
-        att.unified_attention(torch.zeros(1, 32, 64), torch.zeros(2, 8, 16, 8, 64), md, scale=0.125, config=HOPPER)
-    assert kernel.skip_empty == [False, False]
+    flags = [record_launches(monkeypatch, bound=bound, config=HOPPER, max_seq_len=1023)[0][0][1]["SKIP_EMPTY"]
+             for bound in (False, True)]
+    assert flags == [False, False]
