@@ -58,6 +58,7 @@ class ModelRunner:
         # Batch bucket -> {context bound: replay callable returning float32 logits}, see Backend.graph_context_bounds.
         self._graphs: dict[int, dict[int, object]] = {}
         self.graph_replays: collections.Counter[tuple[int, int]] = collections.Counter()  # (bucket, bound) -> count
+        self._graph_index: list[tuple[int, list[int]]] = []  # (bucket, its bounds ascending), buckets ascending
         # The decode graphs' logits, one buffer for all buckets: a graph's output lives as long as the graph, and
         # with an output each, the 35 default buckets held ~2 GiB of logits at a 128k vocabulary.
         self._logits: torch.Tensor | None = None
@@ -85,11 +86,11 @@ class ModelRunner:
     def decode_graph(self, num_seqs: int, longest_context: int) -> tuple[int, int] | None:
         """(bucket, context bound) of the decode graph that a step of ``num_seqs`` sequences, the longest holding
         ``longest_context`` tokens, replays; None where such a step runs eagerly."""
-        bucket = next((b for b in sorted(self._graphs) if b >= num_seqs), None)
-        if bucket is None:
-            return None
-        bound = next((c for c in sorted(self._graphs[bucket]) if c >= longest_context), None)
-        return None if bound is None else (bucket, bound)
+        for bucket, bounds in self._graph_index:
+            if bucket >= num_seqs:
+                bound = next((c for c in bounds if c >= longest_context), None)
+                return None if bound is None else (bucket, bound)
+        return None
 
     def decode_replay(self, num_seqs: int, longest_context: int):
         """The replay callable of ``decode_graph``'s graph, or None."""
@@ -111,6 +112,7 @@ class ModelRunner:
         replays = many(fns) if many is not None else [graph_runner.capture(fn) for fn in fns]
         for (graphs, key, _), replay in zip(steps, replays, strict=True):
             graphs[key] = replay
+        self._graph_index = [(b, sorted(bounds)) for b, bounds in sorted(self._graphs.items())]
 
     def _decode_steps(self, max_num_seqs: int, max_model_len: int, sizes: list[int] | None):
         """(graphs table of the bucket, context bound, step to capture) per decode bucket and each of the
