@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from model_cuda import batch1_replay, copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
+from model_cuda import copy_bandwidth, decode_ms_per_token, make_checkpoint, weight_bytes
 
 
 def profiled(replay, replays: int):
@@ -52,7 +52,7 @@ def main() -> None:
     bw = copy_bandwidth()
     roofline = weight_bytes(llm) / bw * 1e3
     step_ms, replay_ms = decode_ms_per_token(llm, steps=64)
-    rows = kernel_times(batch1_replay(llm), args.replays)
+    rows = kernel_times(llm.engine.runner._graphs[1], args.replays)
     busy = sum(t for t, _ in rows.values()) / 1e3
     print(f"roofline {roofline:.3f} ms; engine step {step_ms:.3f} ms; graph replay {replay_ms:.3f} ms; "
           f"kernels busy {busy:.3f} ms per replay (the rest of the replay: gaps between kernels)")

@@ -304,7 +304,7 @@ def transitions(replay, replays: int = 30) -> str:
 def one(variant: str) -> None:
     import torch
     from decode_profile_cuda import kernel_times
-    from model_cuda import batch1_replay, decode_ms_per_token, make_checkpoint
+    from model_cuda import decode_ms_per_token, make_checkpoint
     from unifer import LLM
 
     spec, _, rows = variant.partition("@")
@@ -323,10 +323,10 @@ def one(variant: str) -> None:
           f"captures; {segments}; {torch.cuda.get_device_name()})",
           flush=True)
     # Whether the time goes to slower kernels or to longer gaps between them.
-    kernels = sorted(kernel_times(batch1_replay(llm), 30).items(), key=lambda kv: -kv[1][0])
+    kernels = sorted(kernel_times(llm.engine.runner._graphs[1], 30).items(), key=lambda kv: -kv[1][0])
     print(f"    kernels busy {sum(us for _, (us, _) in kernels) / 1e3:.4f} ms per replay; "
           + "; ".join(f"{us:.1f} us x{n} {name[:40]}" for name, (us, n) in kernels[:5]), flush=True)
-    print(f"    gaps {transitions(batch1_replay(llm))}", flush=True)
+    print(f"    gaps {transitions(llm.engine.runner._graphs[1])}", flush=True)
 
 
 def main() -> None:

@@ -62,12 +62,6 @@ def weight_bytes(llm) -> int:
     return total
 
 
-def batch1_replay(llm, context: int = 384):
-    """The batch-1 decode graph that a step at ``context`` tokens replays (``decode_ms_per_token``'s requests
-    reach 128 + 264 tokens)."""
-    return llm.engine.runner.decode_replay(1, context)[0]
-
-
 def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None,
                         rows: int = 1) -> tuple[float, float | None]:
     """(ms per engine step, ms per batch-1 graph replay) for ``rows`` requests decoding ``steps`` tokens each after
@@ -106,7 +100,7 @@ def decode_ms_per_token(llm, steps: int = 256, profile: str | None = None,
     if runner.graph_buckets:
         import triton.testing
 
-        replay = batch1_replay(llm)
+        replay = runner._graphs[1]
         replay_ms = triton.testing.do_bench(replay, warmup=20, rep=200, return_mode="median")
     return step_ms, replay_ms
 

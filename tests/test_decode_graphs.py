@@ -10,7 +10,7 @@ import torch
 from hf_reference import hf_greedy
 from test_hf_equivalence import PARAMS, _assert_matches_hf, _prompts
 from unifer import LLM
-from unifer.engine.runner import ModelRunner, decode_buckets
+from unifer.engine.runner import decode_buckets
 from unifer_cpu.backend import CPUBackend
 
 
@@ -54,7 +54,7 @@ def test_decode_graphs_share_one_logits_buffer(checkpoint_factory, monkeypatch):
     monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
     runner = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=12).engine.runner
     with torch.inference_mode():  # as the engine replays
-        outputs = {b: graphs[max(graphs)]() for b, graphs in runner._graphs.items()}
+        outputs = {b: replay() for b, replay in runner._graphs.items()}
     assert {b: tuple(o.shape) for b, o in outputs.items()} == {b: (b, runner._logits.shape[1]) for b in outputs}
     assert {o.data_ptr() for o in outputs.values()} == {runner._logits.data_ptr()}
 
@@ -125,74 +125,3 @@ def test_serve_parses_graph_sizes():
     assert parser.parse_args(["m", "--mixed-graph-sizes", "64", "256"]).mixed_graph_sizes == [64, 256]
     args = parser.parse_args(["m"])
     assert args.graph_batch_sizes is None and args.mixed_graph_sizes is None
-
-
-def test_context_bounds_pick_the_graph(checkpoint_factory, monkeypatch):
-    # A backend asking for a second graph per small bucket, captured for contexts up to 20 tokens: steps whose
-    # contexts all fit replay it, the others the graph for max_model_len, and the tokens stay transformers'.
-    folder = checkpoint_factory("Qwen2ForCausalLM")
-    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
-    captured = []
-
-    def bounds(self, *, spec, num_seqs, max_model_len):
-        captured.append((num_seqs, spec.kv_heads))
-        return (20, max_model_len) if num_seqs <= 4 else (max_model_len,)
-
-    monkeypatch.setattr(CPUBackend, "graph_context_bounds", bounds)
-    llm = LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=8, max_model_len=256)
-    runner = llm.engine.runner
-    assert {b: runner.graph_bounds(b) for b in runner.graph_buckets} == {1: [20, 256], 2: [20, 256], 4: [20, 256],
-                                                                         8: [256]}
-    assert captured == [(8, 1), (4, 1), (2, 1), (1, 1)]  # largest first; the tiny model has 1 KV head
-    longest = {}  # (bucket, bound) -> the longest context a replay of that graph saw
-    for b, graphs in runner._graphs.items():
-        for bound, replay in graphs.items():
-            def counted(replay=replay, key=(b, bound)):
-                longest[key] = max(longest.get(key, 0), int(runner._static["seq_lens"][:key[0]].max()))
-                return replay()
-
-            graphs[bound] = counted
-    prompts = [p[:12] for p in _prompts(seed=5)[:3]]
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, use_tqdm=False)
-    _assert_matches_hf(outputs, hf_greedy(folder, prompts, PARAMS.max_tokens))
-    assert min(len(p) for p in prompts) + PARAMS.max_tokens > 21  # so steps past the bound happen
-    assert {key[1] for key in longest} == {20, 256}, longest
-    assert set(runner.graph_replays) == set(longest)
-    assert all(seen <= bound for (_, bound), seen in longest.items()), longest
-    assert llm.engine.kv.num_free_blocks == llm.engine.kv.num_usable_blocks
-
-
-@pytest.mark.parametrize("bounds", [(), (0, 256), (100,), (300,)])
-def test_context_bounds_must_end_at_max_model_len(checkpoint_factory, monkeypatch, bounds):
-    folder = checkpoint_factory("Qwen2ForCausalLM")
-    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
-    monkeypatch.setattr(CPUBackend, "graph_context_bounds", lambda self, **kw: bounds)
-    with pytest.raises(ValueError, match="graph_context_bounds"):
-        LLM(model=str(folder), backend="cpu", dtype="float32", max_num_seqs=2, max_model_len=256)
-
-
-def test_conformance_bounds_case(monkeypatch):
-    """The suite's e2e/graph_bounds_match_eager case: not applicable with one bound per bucket; with a second
-    batch-1 graph for contexts up to 1023 it passes, both graphs replayed, and fails when that graph's logits are
-    wrong."""
-    from unifer_conformance.suite import run_suite
-
-    case_id = "e2e/graph_bounds_match_eager/llama"
-    monkeypatch.setattr(CPUBackend, "graph_runner", lambda self: RecordingGraphRunner())
-    [case] = run_suite("cpu", keyword=case_id)["cases"]
-    assert case["status"] == "NOT_APPLICABLE" and "one decode graph per bucket" in case["message"], case
-
-    monkeypatch.setattr(CPUBackend, "graph_context_bounds",
-                        lambda self, *, spec, num_seqs, max_model_len: (1023, max_model_len))
-    [case] = run_suite("cpu", keyword=case_id)["cases"]
-    assert case["status"] == "PASS" and "[1023, 2048]" in case["message"], case["message"]
-
-    decode_logits = ModelRunner._decode_logits
-
-    def wrong_when_short(self, b, metadata):
-        logits = decode_logits(self, b, metadata)
-        return logits.flip(-1) if metadata.max_seq_len == 1023 else logits
-
-    monkeypatch.setattr(ModelRunner, "_decode_logits", wrong_when_short)
-    [case] = run_suite("cpu", keyword=case_id)["cases"]
-    assert case["status"] == "FAIL" and "with graphs, against" in case["message"], case["message"]

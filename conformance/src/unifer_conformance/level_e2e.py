@@ -2,8 +2,7 @@
 backend (logprobs close; at a first difference each side's token must be in the other's top-N), a 500-step
 run with arrivals and aborts leaks no KV block and keeps device memory flat, a backend with step events gives
 the same outputs with asynchronous scheduling as without, one with a graph runner gives the same outputs with
-graphs (decode and mixed-step, and decode graphs captured for shorter context bounds) as eagerly, and
-``logit_bias`` and ``min_tokens`` hold on the backend."""
+graphs (decode and mixed-step) as eagerly, and ``logit_bias`` and ``min_tokens`` hold on the backend."""
 
 from __future__ import annotations
 
@@ -19,12 +18,11 @@ PROMPT_LENS = (5, 16, 17, 43, 70)  # one token, exactly one block, one past, and
 _REFERENCE_RUNS: dict = {}  # (checkpoint, dtype, block size) -> outputs of the reference backend
 
 
-def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int, async_scheduling=None,
-         max_model_len: int = 512, **engine):
+def _llm(path, backend_name: str, dtype: str, block_size: int, num_blocks: int, async_scheduling=None, **engine):
     from unifer import LLM
 
     return LLM(model=str(path), backend=backend_name, dtype=dtype, block_size=block_size, num_blocks=num_blocks,
-               max_model_len=max_model_len, seed=0, async_scheduling=async_scheduling, **engine)
+               max_model_len=512, seed=0, async_scheduling=async_scheduling, **engine)
 
 
 def _generate(path, backend_name, dtype, block_size, prompts):
@@ -78,16 +76,12 @@ def _greedy(arch: str, dtype: str):
     return run
 
 
-def _head_size(backend) -> int:
-    return 64 if 64 in backend.capabilities.head_sizes else grid.default_head_size(backend)
-
-
-def _engine_setup(backend, arch: str, max_positions: int = 1024):
+def _engine_setup(backend, arch: str):
     """(checkpoint, dtype, block size) of the engine-level cases: head size 64 and float32 where declared."""
     caps = backend.capabilities
+    head = 64 if 64 in caps.head_sizes else grid.default_head_size(backend)
     dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
-    path = tiny_models.checkpoint(arch, _head_size(backend), caps.max_gqa_ratio, max_positions=max_positions)
-    return path, dtype, grid.default_block_size(backend)
+    return tiny_models.checkpoint(arch, head, caps.max_gqa_ratio), dtype, grid.default_block_size(backend)
 
 
 def _leak(arch: str, steps: int = 500):
@@ -234,10 +228,6 @@ def _sampling_controls(arch: str):
 # one of these sizes, so with graphs on no step runs eagerly.
 _MIXED_SIZES = [8, 16, 32]
 _GRAPH_ENGINE = dict(max_num_seqs=8, max_num_batched_tokens=_MIXED_SIZES[-1])
-# Long enough that the Triton backends' decode graphs split the KV (from 1024 positions), so that a backend may
-# capture graphs for shorter bounds (Backend.graph_context_bounds); each request's decode crosses one bound.
-_BOUNDS_MODEL_LEN = 2048
-_CROSS = 16
 
 
 def _free_memory(backend):
@@ -245,50 +235,6 @@ def _free_memory(backend):
         return backend.memory_info()[0]
     except NotImplementedError:
         return None
-
-
-def _graph_bounds(backend) -> list[int]:
-    """The context bounds below ``_BOUNDS_MODEL_LEN`` that the backend captures batch-1 decode graphs for."""
-    from types import SimpleNamespace
-
-    spec = SimpleNamespace(**tiny_models.spec("llama", _head_size(backend), backend.capabilities.max_gqa_ratio))
-    bounds = backend.graph_context_bounds(spec=spec, num_seqs=1, max_model_len=_BOUNDS_MODEL_LEN)
-    return sorted(b for b in set(bounds) if b < _BOUNDS_MODEL_LEN)
-
-
-def _bounds_match_eager(bounds: list[int]):
-    """A case: one request per bound, alone in the engine (``max_num_seqs=1``), whose decode steps cross that
-    bound, so they replay the graph captured for it and then the next; greedy tokens must be the eager steps'."""
-    def run(backend, config, seed):
-        from unifer import SamplingParams
-
-        rng = random.Random(seed)
-        path, dtype, bs = _engine_setup(backend, "llama", max_positions=_BOUNDS_MODEL_LEN)
-        prompts = [{"prompt_token_ids": [rng.randrange(2, tiny_models.VOCAB) for _ in range(max(c - _CROSS // 2, 1))]}
-                   for c in bounds]
-        params = SamplingParams(temperature=0.0, max_tokens=_CROSS, ignore_eos=True)
-        num_blocks = -(-(max(bounds) + _CROSS) // bs) + 2
-        engine = dict(max_model_len=_BOUNDS_MODEL_LEN, max_num_seqs=1, num_blocks=num_blocks)
-
-        def outputs(llm):
-            return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-
-        want = outputs(_llm(path, backend.name, dtype, bs, enforce_eager=True, **engine))
-        llm = _llm(path, backend.name, dtype, bs, **engine)
-        got = outputs(llm)
-        runner = llm.engine.runner
-        problems = [f"prompt of {len(p['prompt_token_ids'])} tokens: {g} with graphs, against {w} eagerly"
-                    for p, g, w in zip(prompts, got, want, strict=True) if g != w]
-        unused = [b for b in runner.graph_bounds(1) if not runner.graph_replays[1, b]]
-        if unused:
-            problems.append(f"the batch-1 graphs for contexts up to {unused} never replayed")
-        if llm.engine.kv.num_free_blocks != llm.engine.num_blocks - 1:
-            problems.append(f"{llm.engine.num_blocks - 1 - llm.engine.kv.num_free_blocks} KV block(s) leaked")
-        summary = (f"{len(prompts)} prompts crossing the graphs' context bounds {runner.graph_bounds(1)} "
-                   f"identical in {dtype} to eager steps")
-        return Result(Status.FAIL if problems else Status.PASS, "; ".join(problems) or summary)
-
-    return run
 
 
 def cases(backend) -> list[Case]:
@@ -314,9 +260,4 @@ def cases(backend) -> list[Case]:
                                 f"; decode graphs and mixed-step graphs of {_MIXED_SIZES} tokens against eager steps")
     out.append(Case("e2e/graphs_match_eager/llama", "e2e", same_graphs if graphs else None,
                     dict(arch="llama", mixed_graph_sizes=_MIXED_SIZES), "" if graphs else "the backend has no graphs"))
-    bounds = _graph_bounds(backend) if graphs else []
-    why = ("" if bounds else "the backend has no graphs" if not graphs else
-           f"the backend captures one decode graph per bucket at max_model_len {_BOUNDS_MODEL_LEN}")
-    out.append(Case("e2e/graph_bounds_match_eager/llama", "e2e", _bounds_match_eager(bounds) if bounds else None,
-                    dict(arch="llama", max_model_len=_BOUNDS_MODEL_LEN, bounds=bounds), why))
     return out

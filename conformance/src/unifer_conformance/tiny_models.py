@@ -30,8 +30,8 @@ def spec(arch: str, head_dim: int, max_gqa: int) -> dict:
     return dict(heads=4, kv_heads=kv, head_dim=head_dim, hidden=4 * head_dim, layers=2)
 
 
-def checkpoint(arch: str, head_dim: int, max_gqa: int = 8, seed: int = 0, max_positions: int = 1024) -> Path:
-    key = (arch, head_dim, max_gqa, seed, max_positions)
+def checkpoint(arch: str, head_dim: int, max_gqa: int = 8, seed: int = 0) -> Path:
+    key = (arch, head_dim, max_gqa, seed)
     if key in _CACHE:
         return _CACHE[key]
     import torch
@@ -40,7 +40,7 @@ def checkpoint(arch: str, head_dim: int, max_gqa: int = 8, seed: int = 0, max_po
     s = spec(arch, head_dim, max_gqa)
     common = dict(vocab_size=VOCAB, hidden_size=s["hidden"], num_attention_heads=s["heads"],
                   num_key_value_heads=s["kv_heads"], num_hidden_layers=s["layers"], intermediate_size=2 * s["hidden"],
-                  max_position_embeddings=max_positions, initializer_range=0.1, rms_norm_eps=1e-6, bos_token_id=0,
+                  max_position_embeddings=1024, initializer_range=0.1, rms_norm_eps=1e-6, bos_token_id=0,
                   eos_token_id=1, tie_word_embeddings=False)
     if arch == "llama":
         config = transformers.LlamaConfig(head_dim=head_dim, **common)
@@ -56,7 +56,7 @@ def checkpoint(arch: str, head_dim: int, max_gqa: int = 8, seed: int = 0, max_po
         model = model_class(config).eval()
     finally:
         torch.random.set_rng_state(state)  # leave the caller's RNG as it was
-    folder = _root() / f"{arch}-h{head_dim}-g{max_gqa}-s{seed}-p{max_positions}"
+    folder = _root() / f"{arch}-h{head_dim}-g{max_gqa}-s{seed}"
     transformers.utils.logging.disable_progress_bar()  # keep the suite's output to its own report lines
     model.save_pretrained(folder)
     _CACHE[key] = folder

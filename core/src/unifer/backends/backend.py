@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # major.minor of the contract. A backend targeting the same major and a minor <= this one is compatible.
 # A change that breaks existing backends bumps the major (and is noted in CHANGELOG.md).
-API_VERSION = "1.6"
+API_VERSION = "1.5"
 
 
 class Unsupported(Exception):
@@ -228,15 +228,6 @@ class Backend:
         It may also have ``capture_many(fns) -> replays``, one replay per ``fn`` in order; the runner then hands it
         every step it captures in one call (the cuda backend makes a single CUDA stream capture of them all)."""
         return None
-
-    def graph_context_bounds(self, *, spec, num_seqs: int, max_model_len: int) -> tuple[int, ...]:
-        """The longest contexts to capture a decode graph of ``num_seqs`` sequences for; the largest must be
-        ``max_model_len``. The runner captures a graph per bound, its metadata's ``max_seq_len`` that bound (with
-        ``max_seq_len_is_bound``), and replays the one with the smallest bound that covers the step's longest
-        context: where a kernel sizes its launch from ``max_seq_len`` (split-KV segments), steps at short contexts
-        then run a lighter launch. ``spec`` is the model's (``heads``, ``kv_heads``, ``head_dim``). Default: only
-        ``max_model_len``, one graph per bucket."""
-        return (max_model_len,)
 
     def communicator(self):
         """The tensor-parallel communicator (a ``unifer.backends.comm.Communicator``), or None."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 
@@ -55,10 +54,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-        # Batch bucket -> {context bound: replay callable returning float32 logits}, see Backend.graph_context_bounds.
-        self._graphs: dict[int, dict[int, object]] = {}
-        self.graph_replays: collections.Counter[tuple[int, int]] = collections.Counter()  # (bucket, bound) -> count
-        self._graph_index: list[tuple[int, list[int]]] = []  # (bucket, its bounds ascending), buckets ascending
+        self._graphs: dict[int, object] = {}  # batch bucket -> replay callable returning float32 logits
         # The decode graphs' logits, one buffer for all buckets: a graph's output lives as long as the graph, and
         # with an output each, the 35 default buckets held ~2 GiB of logits at a 128k vocabulary.
         self._logits: torch.Tensor | None = None
@@ -79,24 +75,6 @@ class ModelRunner:
     def graph_buckets(self) -> list[int]:
         return sorted(self._graphs)
 
-    def graph_bounds(self, bucket: int) -> list[int]:
-        """The context bounds the decode graphs of ``bucket`` were captured for (``Backend.graph_context_bounds``)."""
-        return sorted(self._graphs.get(bucket, ()))
-
-    def decode_graph(self, num_seqs: int, longest_context: int) -> tuple[int, int] | None:
-        """(bucket, context bound) of the decode graph that a step of ``num_seqs`` sequences, the longest holding
-        ``longest_context`` tokens, replays; None where such a step runs eagerly."""
-        for bucket, bounds in self._graph_index:
-            if bucket >= num_seqs:
-                bound = next((c for c in bounds if c >= longest_context), None)
-                return None if bound is None else (bucket, bound)
-        return None
-
-    def decode_replay(self, num_seqs: int, longest_context: int):
-        """The replay callable of ``decode_graph``'s graph, or None."""
-        key = self.decode_graph(num_seqs, longest_context)
-        return None if key is None else self._graphs[key[0]][key[1]]
-
     @torch.inference_mode()
     def capture_graphs(self, graph_runner, max_num_seqs: int, max_model_len: int, sizes: list[int] | None = None,
                        mixed_sizes: list[int] | None = None) -> None:
@@ -112,14 +90,12 @@ class ModelRunner:
         replays = many(fns) if many is not None else [graph_runner.capture(fn) for fn in fns]
         for (graphs, key, _), replay in zip(steps, replays, strict=True):
             graphs[key] = replay
-        self._graph_index = [(b, sorted(bounds)) for b, bounds in sorted(self._graphs.items())]
 
     def _decode_steps(self, max_num_seqs: int, max_model_len: int, sizes: list[int] | None):
-        """(graphs table of the bucket, context bound, step to capture) per decode bucket and each of the
-        backend's ``graph_context_bounds`` for it, largest first.
+        """(graphs table, bucket, step to capture) per decode bucket, largest first.
 
-        Each graph's metadata claims its bound as the longest context, so kernels that choose their launch from it
-        (split-KV) pick a launch valid for any context up to it; the bound ``max_model_len`` serves every step."""
+        Every bucket's metadata claims ``max_model_len`` as its longest context, so kernels that choose their
+        launch from it (split-KV) pick a launch valid for any context the replay will see."""
         buckets = sorted(set(sizes)) if sizes else decode_buckets(max_num_seqs)
         top = buckets[-1]
         max_blocks = -(-max_model_len // self.block_size)
@@ -133,18 +109,11 @@ class ModelRunner:
             self._logits = torch.empty(top, self.model.spec.vocab_size, dtype=torch.float32, device=self.device)
         steps = []
         for b in reversed(buckets):
-            bounds = sorted(set(self.backend.graph_context_bounds(spec=self.model.spec, num_seqs=b,
-                                                                  max_model_len=max_model_len)))
-            if not bounds or bounds[0] < 1 or bounds[-1] != max_model_len:
-                raise ValueError(f"backend {self.backend.name!r}: graph_context_bounds for {b} sequences gave "
-                                 f"{bounds}; it must end with max_model_len {max_model_len}, all bounds >= 1")
-            for bound in reversed(bounds):
-                metadata = self.backend.build_metadata(AttentionMetadata(
-                    query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
-                    block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
-                    max_seq_len=bound, max_seq_len_is_bound=True))
-                steps.append((self._graphs.setdefault(b, {}), bound,
-                              functools.partial(self._decode_logits, b, metadata)))
+            metadata = self.backend.build_metadata(AttentionMetadata(
+                query_start_loc=st["query_start"][:b + 1], seq_lens=st["seq_lens"][:b],
+                block_table=st["block_table"][:b], slot_mapping=st["slots"][:b], max_query_len=1,
+                max_seq_len=max_model_len, max_seq_len_is_bound=True))
+            steps.append((self._graphs, b, functools.partial(self._decode_logits, b, metadata)))
         return steps
 
     def _static_inputs(self, top: int, prev: int, max_blocks: int, seqs: int | None = None):
@@ -190,11 +159,9 @@ class ModelRunner:
 
     def _replay_decode(self, batch, prev_tokens: torch.Tensor | None) -> torch.Tensor | None:
         n = len(batch)
-        key = self.decode_graph(n, max(start for _, start, _, _, _ in batch) + 1)
-        if key is None:
+        bucket = next((b for b in sorted(self._graphs) if b >= n), None)
+        if bucket is None:
             return None
-        bucket, bound = key
-        self.graph_replays[key] += 1
         st = self._static
         top = st["block_table"].shape[0]
         # This buffer was last copied from two replays ago: the host has read that step's sampled tokens since, so
@@ -220,7 +187,7 @@ class ModelRunner:
             table[i, :len(blocks)] = blocks
             slots[i] = blocks[start // bs] * bs + start % bs
         self._send(st, host, view, bucket, prev_tokens)
-        return self._graphs[bucket][bound]()[:n]
+        return self._graphs[bucket]()[:n]
 
     @staticmethod
     def _send(st: dict, host: torch.Tensor, view: dict, table_rows: int, prev_tokens: torch.Tensor | None) -> None:

@@ -87,11 +87,6 @@ class CUDABackend(Backend):
 
         return CUDAGraphRunner()
 
-    def graph_context_bounds(self, *, spec, num_seqs: int, max_model_len: int) -> tuple[int, ...]:
-        from unifer.kernels.triton.util import graph_context_bounds
-
-        return graph_context_bounds(self.device(), spec=spec, num_seqs=num_seqs, max_model_len=max_model_len)
-
     def step_event(self):
         return torch.cuda.Event()
 

@@ -146,11 +146,6 @@ class ROCmBackend(Backend):
 
         return HIPGraphRunner()
 
-    def graph_context_bounds(self, *, spec, num_seqs: int, max_model_len: int) -> tuple[int, ...]:
-        from unifer.kernels.triton.util import graph_context_bounds
-
-        return graph_context_bounds(self.device(), spec=spec, num_seqs=num_seqs, max_model_len=max_model_len)
-
     def step_event(self):
         # ROCm builds of torch serve HIP events through the torch.cuda namespace.
         return None if self.interpret_arch is not None else torch.cuda.Event()

@@ -344,7 +344,8 @@ def unified_attention(
 
     # Only where the segment count follows a bound, not this step's contexts, can most segments be empty; a count
     # fitted to the context pays the exit test and the merge's extra metadata for nothing (1-2% on an H100).
-    # Unsplit, it changes nothing but would compile one more variant (a short-context graph's, past warm_up's).
+    # Unsplit, it changes nothing but would compile one more variant at capture (the graphs of buckets too large
+    # to split, or of a max_model_len below split_min_seq_len), besides the one warm_up compiles for eager steps.
     skip_empty = bool(cfg.skip_empty_segments) and metadata.max_seq_len_is_bound and num_segments > 1
     acc = acc_dtype(query.dtype)
     pdl = launch_options(query.device)

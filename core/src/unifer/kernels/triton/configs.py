@@ -43,9 +43,6 @@ class AttentionConfig:
     # captured with the segment count of max_model_len), split-KV segments that get no tile of their query block
     # end before the dependent-launch wait, storing nothing, and the merge reads only the segments that got tiles.
     skip_empty_segments: int = 0
-    # 1: a decode-graph bucket whose graph for max_model_len splits the KV also gets a graph for contexts below
-    # split_min_seq_len, which launches no split and no merge (``decode_graph_bounds``).
-    short_context_graphs: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,20 +174,3 @@ def choose_num_segments(num_tokens: int, max_seq_len: int, cfg: AttentionConfig,
         return cfg.num_segments
     want = min(cfg.num_segments, cfg.split_target_programs // max(num_seqs * num_kv_heads, 1), max_seq_len // tile)
     return 1 << (want.bit_length() - 1) if want >= 2 else 1
-
-
-def decode_graph_bounds(cfg: AttentionConfig, *, head_dim: int, group: int, num_kv_heads: int, num_seqs: int,
-                        max_model_len: int) -> tuple[int, ...]:
-    """Context bounds to capture a decode graph of ``num_seqs`` sequences for (``Backend.graph_context_bounds``).
-
-    A graph captured for ``max_model_len`` launches the segment count of that context. With
-    ``short_context_graphs``, where that count is above one, steps whose contexts are all below
-    ``split_min_seq_len`` replay a second graph that launches no split, so they skip the merge kernel."""
-    short = cfg.split_min_seq_len - 1
-    if not cfg.short_context_graphs or not 1 <= short < max_model_len:
-        return (max_model_len,)
-    tile = attention_launch(cfg, head_dim=head_dim, group=group, decode=True)["TILE"]
-    if choose_num_segments(num_seqs, max_model_len, cfg, num_seqs=num_seqs, num_kv_heads=num_kv_heads,
-                           tile=tile) == 1:
-        return (max_model_len,)
-    return (short, max_model_len)

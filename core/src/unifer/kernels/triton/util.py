@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from unifer.kernels.triton.configs import KernelConfigs, decode_graph_bounds, lookup
+from unifer.kernels.triton.configs import KernelConfigs, lookup
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,10 +42,3 @@ def current_configs(device: torch.device) -> KernelConfigs:
     if device.type == "cpu":
         return lookup(None, None)
     return _configs_for(device.type, device.index)
-
-
-def graph_context_bounds(device: torch.device, *, spec, num_seqs: int, max_model_len: int) -> tuple[int, ...]:
-    """``Backend.graph_context_bounds`` for a backend whose attention is this package's."""
-    return decode_graph_bounds(current_configs(device).attention, head_dim=spec.head_dim,
-                               group=spec.heads // spec.kv_heads, num_kv_heads=spec.kv_heads, num_seqs=num_seqs,
-                               max_model_len=max_model_len)
