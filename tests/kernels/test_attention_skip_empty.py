@@ -41,6 +41,6 @@ def test_exit_only_in_bounded_launches_of_rows_that_turn_it_on(monkeypatch, boun
 
 
 def test_unsplit_launch_has_no_merge_and_no_exit(monkeypatch):
-    # An unsplit graph (a bucket too large to split, or max_model_len below split_min_seq_len) so launches the
+    # An unsplit graph (a bucket too large to split, or max_model_len below split_min_seq_len) then launches the
     # variant that warm_up compiles for eager steps, not one more at capture.
     assert _launch(monkeypatch, bound=True, skip=1, segments=1) == ([False], [])
