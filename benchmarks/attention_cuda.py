@@ -18,6 +18,7 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
                                                      # config variants against the current row, interleaved
     python benchmarks/attention_cuda.py --prefill-variants unmasked_full_tiles=0  # the same on prefill shapes
+    python benchmarks/attention_cuda.py --pages      # decode over other page sizes and cache layouts
 """
 
 from __future__ import annotations
@@ -292,29 +293,37 @@ def flashinfer_prefill(q, cache, md, batch, seqlen, context=0):
         return f"error: {type(exc).__name__}: {str(exc)[:60]}"
 
 
-def bench_batch(query_lens, context_lens, dtype, device):
-    """The benchmark shape's paged batch, without NaN poisoning."""
-    return make_paged(query_lens, context_lens, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
-                      block_size=BLOCK, dtype=dtype, device=device, nan=False)
+def bench_batch(query_lens, context_lens, dtype, device, block_size=BLOCK, head_major=False):
+    """The benchmark shape's paged batch, without NaN poisoning; ``head_major``: the same logical cache with each
+    page's positions of one KV head adjacent in memory (HND strides)."""
+    q, cache, md = make_paged(query_lens, context_lens, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
+                              block_size=block_size, dtype=dtype, device=device, nan=False)
+    if head_major:
+        cache = cache.transpose(2, 3).contiguous().transpose(2, 3)
+    return q, cache, md
 
 
 def contiguous_kv(cache, md, batch, length):
     """The first ``length`` positions of each sequence's K and V, laid out contiguously for SDPA: [B, KH, len, D]."""
-    pages = md.block_table[:, :-(-length // BLOCK)].long()
+    pages = md.block_table[:, :-(-length // cache.shape[2])].long()
     k = cache[0][pages].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :length]
     v = cache[1][pages].reshape(batch, -1, KV_HEADS, HEAD_DIM)[:, :length]
     return k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
 
 
-def cold_decode_batch(batch: int, ctx: int, device: str):
+def cold_decode_batch(batch: int, ctx: int, device: str, block_size=BLOCK, head_major=False):
     """A decode batch of the benchmark shape, with copies of its cache that overflow L2 four times: (q, md, caches,
     K/V bytes). A cold-L2 timing replays the kernel over every copy and divides by their number, as in a decode
     step, where each layer's weights evict the previous layer's K/V."""
-    q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device)
+    q, cache, md = bench_batch([1] * batch, [ctx - 1] * batch, torch.bfloat16, device, block_size, head_major)
     kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
     l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-    return q, md, [cache] + [cache.clone() for _ in range(n - 1)], kv_bytes
+    return q, md, [cache] + [_clone_strided(cache) for _ in range(n - 1)], kv_bytes
+
+
+def _clone_strided(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
 
 
 def run_benchmarks(device: str) -> None:
@@ -438,6 +447,45 @@ def sweep(device: str) -> None:
                                 for s, t in zip(segments, times, strict=True))
                 print(f"{batch:>5}{ctx:>7}{name:>10}{cells}  {100 * kv_bytes / (best * 1e-3) / copy_bw:>5.0f}%")
             del q, md, caches
+
+
+PAGE_LAYOUTS = ((16, False), (16, True), (32, False), (64, False), (64, True), (128, False), (128, True))
+
+
+def pages(device: str) -> None:
+    """Decode attention over caches of other page sizes and layouts (block size x token-major NHD or head-major
+    HND strides), the current config row at its fitted segment count, against block size 16 NHD (the engine's
+    default) and SDPA on the same K/V laid out contiguously: graph replays, cold L2, best of 3 interleaved rounds.
+    Every variant's output is checked against SDPA's on its own K/V first."""
+    attention = ops()["paged_attention"]
+    copy_bw = copy_bandwidth(device)
+    names = [f"{bs}{'HND' if hm else 'NHD'}" for bs, hm in PAGE_LAYOUTS]
+    print(f"\npage sizes and layouts (ms, graph replays, cold L2, best of 3 interleaved rounds; % copy; ratio: "
+          f"16NHD / variant), copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+    print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>21}" for name in [*names, "SDPA"]))
+    for batch in (1, 8, 64):
+        for ctx in (1024, 4096, 16384):
+            runs, kv_bytes = {}, 0
+            for name, (bs, hm) in zip(names, PAGE_LAYOUTS, strict=True):
+                q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, bs, hm)
+                k, v = contiguous_kv(caches[0], md, batch, ctx)
+                qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
+                want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).float()
+                err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want.double())
+                assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
+                runs[name] = (len(caches), lambda q=q, md=md, cs=caches: [
+                    attention(q, c, md, scale=HEAD_DIM**-0.5) for c in cs])
+                if name == names[0]:
+                    kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
+                    runs["SDPA"] = (len(kvs), lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs])
+            best = dict.fromkeys(runs, float("inf"))
+            for _ in range(3):
+                for name, (n, fn) in runs.items():
+                    best[name] = min(best[name], bench_graph(fn) / n)
+            cells = "".join(f"{t:>9.4f} {100 * kv_bytes / (t * 1e-3) / copy_bw:>4.0f}% {best[names[0]] / t:>5.3f}"
+                            for t in best.values())
+            print(f"{batch:>5}{ctx:>7}{cells}")
+            del runs
 
 
 def config_rows(base, specs: list[str]) -> dict:
@@ -583,6 +631,8 @@ def main() -> int:
                         help="time these attention config variants against the current config row only")
     parser.add_argument("--prefill-variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
                         help="time these config variants on prefill shapes against the current row only")
+    parser.add_argument("--pages", action="store_true",
+                        help="time decode over other page sizes and cache layouts against block size 16 only")
     parser.add_argument("--captured", nargs="*", metavar="FIELD=N[,FIELD=N]",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only,"
                              " for the current row and these variants")
@@ -604,6 +654,9 @@ def main() -> int:
         return 1
     print("correctness: all ok")
     if args.check_only or small:
+        return 0
+    if args.pages:
+        pages(args.device)
         return 0
     if args.sweep:
         sweep(args.device)
