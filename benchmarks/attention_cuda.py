@@ -18,7 +18,7 @@ Timings are triton.testing.do_bench medians.
     python benchmarks/attention_cuda.py --variants num_stages=4 tile_decode=64,num_stages=4
                                                      # config variants against the current row, interleaved
     python benchmarks/attention_cuda.py --prefill-variants unmasked_full_tiles=0  # the same on prefill shapes
-    python benchmarks/attention_cuda.py --pages      # decode over other page sizes and cache layouts
+    python benchmarks/attention_cuda.py --pages [128 32 16h 16]  # decode over page sizes and cache layouts
 """
 
 from __future__ import annotations
@@ -449,43 +449,45 @@ def sweep(device: str) -> None:
             del q, md, caches
 
 
-PAGE_LAYOUTS = ((16, False), (16, True), (32, False), (64, False), (64, True), (128, False), (128, True))
+PAGE_LAYOUTS = ("16", "16h", "32", "64", "64h", "128", "128h")
+PAGE_SHAPES = ((1, 256), (1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096), (8, 16384), (64, 1024), (64, 4096),
+               (64, 16384))
 
 
-def pages(device: str) -> None:
-    """Decode attention over caches of other page sizes and layouts (block size x token-major NHD or head-major
-    HND strides), the current config row at its fitted segment count, against block size 16 NHD (the engine's
+def pages(device: str, layouts: list[str]) -> None:
+    """Decode attention over caches of other page sizes and layouts ("BS" token-major NHD, "BSh" head-major HND
+    strides), the current config row at its fitted segment count, against block size 16 NHD (the engine's
     default) and SDPA on the same K/V laid out contiguously: graph replays, cold L2, best of 3 interleaved rounds.
-    Every variant's output is checked against SDPA's on its own K/V first."""
+    Caches are allocated in the order given, SDPA's last. Every variant's output is checked against SDPA's first."""
     attention = ops()["paged_attention"]
     copy_bw = copy_bandwidth(device)
-    names = [f"{bs}{'HND' if hm else 'NHD'}" for bs, hm in PAGE_LAYOUTS]
+    order = [*layouts, *([] if "16" in layouts else ["16"])]
+    names = ["16", *[name for name in order if name != "16"]]
     print(f"\npage sizes and layouts (ms, graph replays, cold L2, best of 3 interleaved rounds; % copy; ratio: "
-          f"16NHD / variant), copy bandwidth {copy_bw / 1e9:.0f} GB/s")
+          f"block size 16 NHD / variant; h: head-major), copy bandwidth {copy_bw / 1e9:.0f} GB/s; allocated in the "
+          f"order {' '.join(order)}")
     print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>21}" for name in [*names, "SDPA"]))
-    for batch in (1, 8, 64):
-        for ctx in (1024, 4096, 16384):
-            runs, kv_bytes = {}, 0
-            for name, (bs, hm) in zip(names, PAGE_LAYOUTS, strict=True):
-                q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, bs, hm)
-                k, v = contiguous_kv(caches[0], md, batch, ctx)
-                qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
-                want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).float()
-                err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want.double())
-                assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
-                runs[name] = (len(caches), lambda q=q, md=md, cs=caches: [
-                    attention(q, c, md, scale=HEAD_DIM**-0.5) for c in cs])
-                if name == names[0]:
-                    kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
-                    runs["SDPA"] = (len(kvs), lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs])
-            best = dict.fromkeys(runs, float("inf"))
-            for _ in range(3):
-                for name, (n, fn) in runs.items():
-                    best[name] = min(best[name], bench_graph(fn) / n)
-            cells = "".join(f"{t:>9.4f} {100 * kv_bytes / (t * 1e-3) / copy_bw:>4.0f}% {best[names[0]] / t:>5.3f}"
-                            for t in best.values())
-            print(f"{batch:>5}{ctx:>7}{cells}")
-            del runs
+    for batch, ctx in PAGE_SHAPES:
+        runs, kv_bytes, k, v, qs = {}, 0, None, None, None
+        for name in order:
+            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, int(name.rstrip("h")), name.endswith("h"))
+            k, v = contiguous_kv(caches[0], md, batch, ctx)
+            qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
+            want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).double()
+            err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want)
+            assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
+            runs[name] = (len(caches), lambda q=q, md=md, cs=caches: [
+                attention(q, c, md, scale=HEAD_DIM**-0.5) for c in cs])
+        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
+        runs["SDPA"] = (len(kvs), lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs])
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(3):
+            for name, (n, fn) in runs.items():
+                best[name] = min(best[name], bench_graph(fn) / n)
+        cells = "".join(f"{best[name]:>9.4f} {100 * kv_bytes / (best[name] * 1e-3) / copy_bw:>4.0f}% "
+                        f"{best['16'] / best[name]:>5.3f}" for name in [*names, "SDPA"])
+        print(f"{batch:>5}{ctx:>7}{cells}")
+        del runs, kvs
 
 
 def config_rows(base, specs: list[str]) -> dict:
@@ -631,8 +633,9 @@ def main() -> int:
                         help="time these attention config variants against the current config row only")
     parser.add_argument("--prefill-variants", nargs="+", metavar="FIELD=N[,FIELD=N]",
                         help="time these config variants on prefill shapes against the current row only")
-    parser.add_argument("--pages", action="store_true",
-                        help="time decode over other page sizes and cache layouts against block size 16 only")
+    parser.add_argument("--pages", nargs="*", metavar="BS[h]",
+                        help="time decode over other page sizes and cache layouts (h: head-major), allocated in the "
+                             f"order given (default {' '.join(PAGE_LAYOUTS)}), against block size 16 only")
     parser.add_argument("--captured", nargs="*", metavar="FIELD=N[,FIELD=N]",
                         help="time decode at the segment count a graph captured for a long max_model_len runs only,"
                              " for the current row and these variants")
@@ -645,6 +648,9 @@ def main() -> int:
     if args.captured is not None:  # checks its own outputs
         captured(args.device, args.captured)
         return 0
+    if args.pages is not None:  # checks its own outputs
+        pages(args.device, args.pages or list(PAGE_LAYOUTS))
+        return 0
     small = args.device == "cpu"
     if small:
         _interpreter_compat()
@@ -654,9 +660,6 @@ def main() -> int:
         return 1
     print("correctness: all ok")
     if args.check_only or small:
-        return 0
-    if args.pages:
-        pages(args.device)
         return 0
     if args.sweep:
         sweep(args.device)

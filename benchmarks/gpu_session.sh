@@ -5,6 +5,7 @@
 #   stages, run in this order whatever the order given: check sweep captured pages profile graphs prefetch fusion pdl
 #   step step-ab fields-ab eager mixed memory launch warmup prefill attention model conformance serve; none given:
 #   all but sweep, captured, pages, profile, graphs, prefetch, step-ab, fields-ab, eager, mixed, memory, launch and prefill
+#   pages: attention_cuda.py --pages ${PAGES:-} (page sizes and layouts, allocated in that order)
 #   prefill: attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0}
 #   graphs: graph_capture_cuda.py --variants ${GRAPH_VARIANTS:-connections}
 #   profile: the batch-1 decode graph's kernels, captured for each of PROFILE_MAX_MODEL_LENS (default 2048)
@@ -41,7 +42,7 @@ if want captured; then
   python3 benchmarks/attention_cuda.py --captured 2>&1 | tee "$out/captured.txt"
 fi
 if want pages; then
-  python3 benchmarks/attention_cuda.py --pages 2>&1 | grep -v flashinfer | tee "$out/pages.txt"
+  python3 benchmarks/attention_cuda.py --pages ${PAGES:-} 2>&1 | grep -v flashinfer | tee "$out/pages.txt"
 fi
 if want profile; then
   for len in ${PROFILE_MAX_MODEL_LENS:-2048}; do
