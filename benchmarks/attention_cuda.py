@@ -454,40 +454,49 @@ PAGE_SHAPES = ((1, 256), (1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096),
                (64, 16384))
 
 
+def _page_run(batch: int, ctx: int, device: str, name: str, check: bool):
+    """(copies, callable) timing decode over a fresh cache of layout ``name`` ("BS" or "BSh"), or SDPA over the
+    same K/V laid out contiguously (``name`` "SDPA"); with ``check``, the kernel's output is first compared with
+    SDPA's on its own K/V."""
+    attention = ops()["paged_attention"]
+    bs = 16 if name == "SDPA" else int(name.rstrip("h"))
+    q, md, caches, _ = cold_decode_batch(batch, ctx, device, bs, name.endswith("h"))
+    k, v = contiguous_kv(caches[0], md, batch, ctx)
+    qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
+    if name == "SDPA":
+        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
+        return len(kvs), lambda: [sdpa(qs, k, v, False) for k, v in kvs]
+    if check:
+        want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).double()
+        err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want)
+        assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
+    return len(caches), lambda: [attention(q, c, md, scale=HEAD_DIM**-0.5) for c in caches]
+
+
 def pages(device: str, layouts: list[str]) -> None:
     """Decode attention over caches of other page sizes and layouts ("BS" token-major NHD, "BSh" head-major HND
     strides), the current config row at its fitted segment count, against block size 16 NHD (the engine's
     default) and SDPA on the same K/V laid out contiguously: graph replays, cold L2, best of 3 interleaved rounds.
-    Caches are allocated in the order given, SDPA's last. Every variant's output is checked against SDPA's first."""
-    attention = ops()["paged_attention"]
+    Each round allocates every variant's inputs afresh, one variant at a time in the order given, SDPA's last, so
+    the best of three is also the best of three placements in memory. Outputs are checked against SDPA's first."""
     copy_bw = copy_bandwidth(device)
     order = [*layouts, *([] if "16" in layouts else ["16"])]
-    names = ["16", *[name for name in order if name != "16"]]
-    print(f"\npage sizes and layouts (ms, graph replays, cold L2, best of 3 interleaved rounds; % copy; ratio: "
-          f"block size 16 NHD / variant; h: head-major), copy bandwidth {copy_bw / 1e9:.0f} GB/s; allocated in the "
-          f"order {' '.join(order)}")
-    print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>21}" for name in [*names, "SDPA"]))
+    names = ["16", *[name for name in order if name != "16"], "SDPA"]
+    print(f"\npage sizes and layouts (ms, graph replays, cold L2, best of 3 rounds, each allocating afresh; % copy; "
+          f"ratio: block size 16 NHD / variant; h: head-major), copy bandwidth {copy_bw / 1e9:.0f} GB/s; in the "
+          f"order {' '.join(order)} SDPA")
+    print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>21}" for name in names))
     for batch, ctx in PAGE_SHAPES:
-        runs, kv_bytes, k, v, qs = {}, 0, None, None, None
-        for name in order:
-            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, int(name.rstrip("h")), name.endswith("h"))
-            k, v = contiguous_kv(caches[0], md, batch, ctx)
-            qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
-            want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).double()
-            err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want)
-            assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
-            runs[name] = (len(caches), lambda q=q, md=md, cs=caches: [
-                attention(q, c, md, scale=HEAD_DIM**-0.5) for c in cs])
-        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
-        runs["SDPA"] = (len(kvs), lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs])
-        best = dict.fromkeys(runs, float("inf"))
-        for _ in range(3):
-            for name, (n, fn) in runs.items():
+        kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * torch.bfloat16.itemsize  # as cold_decode_batch builds
+        best = dict.fromkeys(names, float("inf"))
+        for round_ in range(3):
+            for name in [*order, "SDPA"]:
+                n, fn = _page_run(batch, ctx, device, name, check=round_ == 0)
                 best[name] = min(best[name], bench_graph(fn) / n)
+                del fn
         cells = "".join(f"{best[name]:>9.4f} {100 * kv_bytes / (best[name] * 1e-3) / copy_bw:>4.0f}% "
-                        f"{best['16'] / best[name]:>5.3f}" for name in [*names, "SDPA"])
+                        f"{best['16'] / best[name]:>5.3f}" for name in names)
         print(f"{batch:>5}{ctx:>7}{cells}")
-        del runs, kvs
 
 
 def config_rows(base, specs: list[str]) -> dict:
