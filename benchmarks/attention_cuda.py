@@ -319,11 +319,7 @@ def cold_decode_batch(batch: int, ctx: int, device: str, block_size=BLOCK, head_
     kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * cache.element_size()
     l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     n = max(1, math.ceil(4 * l2_bytes / kv_bytes))
-    return q, md, [cache] + [_clone_strided(cache) for _ in range(n - 1)], kv_bytes
-
-
-def _clone_strided(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
+    return q, md, [cache] + [cache.clone() for _ in range(n - 1)], kv_bytes  # clone keeps a head-major layout
 
 
 def run_benchmarks(device: str) -> None:
