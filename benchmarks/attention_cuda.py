@@ -451,22 +451,22 @@ PAGE_SHAPES = ((1, 256), (1, 1024), (1, 4096), (1, 16384), (8, 1024), (8, 4096),
 
 
 def _page_run(batch: int, ctx: int, device: str, name: str, check: bool):
-    """(copies, callable) timing decode over a fresh cache of layout ``name`` ("BS" or "BSh"), or SDPA over the
-    same K/V laid out contiguously (``name`` "SDPA"); with ``check``, the kernel's output is first compared with
-    SDPA's on its own K/V."""
+    """(copies, callable, K/V bytes) timing decode over a fresh cache of layout ``name`` ("BS" or "BSh"), or SDPA
+    over the same K/V laid out contiguously (``name`` "SDPA"); with ``check``, the kernel's output is first compared
+    with SDPA's on its own K/V."""
     attention = ops()["paged_attention"]
     bs = 16 if name == "SDPA" else int(name.rstrip("h"))
-    q, md, caches, _ = cold_decode_batch(batch, ctx, device, bs, name.endswith("h"))
+    q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, bs, name.endswith("h"))
     k, v = contiguous_kv(caches[0], md, batch, ctx)
     qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
     if name == "SDPA":
         kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
-        return len(kvs), lambda: [sdpa(qs, k, v, False) for k, v in kvs]
+        return len(kvs), lambda: [sdpa(qs, k, v, False) for k, v in kvs], kv_bytes
     if check:
         want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).double()
         err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want)
         assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"
-    return len(caches), lambda: [attention(q, c, md, scale=HEAD_DIM**-0.5) for c in caches]
+    return len(caches), lambda: [attention(q, c, md, scale=HEAD_DIM**-0.5) for c in caches], kv_bytes
 
 
 def pages(device: str, layouts: list[str]) -> None:
@@ -483,11 +483,10 @@ def pages(device: str, layouts: list[str]) -> None:
           f"order {' '.join(order)} SDPA")
     print(f"{'batch':>5}{'ctx':>7}" + "".join(f"{name:>21}" for name in names))
     for batch, ctx in PAGE_SHAPES:
-        kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * torch.bfloat16.itemsize  # as cold_decode_batch builds
         best = dict.fromkeys(names, float("inf"))
         for round_ in range(3):
             for name in [*order, "SDPA"]:
-                n, fn = _page_run(batch, ctx, device, name, check=round_ == 0)
+                n, fn, kv_bytes = _page_run(batch, ctx, device, name, check=round_ == 0)
                 best[name] = min(best[name], bench_graph(fn) / n)
                 del fn
         cells = "".join(f"{best[name]:>9.4f} {100 * kv_bytes / (best[name] * 1e-3) / copy_bw:>4.0f}% "

@@ -42,7 +42,7 @@ if want captured; then
   python3 benchmarks/attention_cuda.py --captured 2>&1 | tee "$out/captured.txt"
 fi
 if want pages; then
-  python3 benchmarks/attention_cuda.py --pages ${PAGES:-} 2>&1 | grep -v flashinfer | tee "$out/pages.txt"
+  python3 benchmarks/attention_cuda.py --pages ${PAGES:-} 2>&1 | tee "$out/pages.txt"
 fi
 if want profile; then
   for len in ${PROFILE_MAX_MODEL_LENS:-2048}; do
