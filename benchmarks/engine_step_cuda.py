@@ -57,6 +57,12 @@ def main() -> None:
     print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}; "
           f"max_model_len {args.max_model_len}; attention {' '.join(args.attention) or 'as configured'}")
     # The replay is the batch-1 graph's, so only a batch-1 step has a host share to print.
+    # Greedy tokens of one request, for comparing processes that differ only in a setting: the checkpoint is seeded.
+    from unifer import SamplingParams
+
+    out = llm.generate({"prompt_token_ids": list(range(100, 228))},
+                       SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True), use_tqdm=False)
+    print(f"greedy tokens 64 after a 128-token prompt: {out[0].outputs[0].token_ids}")
     host = f"; step - replay {1e3 * (step - replay):.1f} us" if args.rows == 1 else ""
     print(f"batch-{args.rows} decode: roofline {roofline:.3f} ms; engine step {step:.4f} ms ({roofline / step:.1%}), "
           f"batch-1 graph replay {replay:.4f} ms ({roofline / replay:.1%}){host}; rounds "

@@ -3,8 +3,9 @@
 # Prepare here first:  bash benchmarks/gpu_prepare.sh   (wheels of the workspace + deps into .whl, FlashInfer .fi)
 # On the device:       bash benchmarks/gpu_session.sh [STAGE ...]
 #   stages, run in this order whatever the order given: check sweep captured pages profile graphs prefetch fusion pdl
-#   step step-ab fields-ab eager mixed memory launch warmup prefill attention model conformance serve; none given:
-#   all but sweep, captured, pages, profile, graphs, prefetch, step-ab, fields-ab, eager, mixed, memory, launch and prefill
+#   step step-ab fields-ab layout-ab eager mixed memory launch warmup prefill attention model conformance serve; none
+#   given: all but sweep, captured, pages, profile, graphs, prefetch, step-ab, fields-ab, layout-ab, eager, mixed,
+#   memory, launch and prefill
 #   pages: attention_cuda.py --pages ${PAGES:-} (page sizes and layouts, allocated in that order)
 #   prefill: attention_cuda.py --prefill-variants ${PREFILL_VARIANTS:-unmasked_full_tiles=0}
 #   graphs: graph_capture_cuda.py --variants ${GRAPH_VARIANTS:-connections}
@@ -15,6 +16,8 @@
 #   kernel at captured and fitted segment counts, then the batch-1 engine step at each of STEP_MAX_MODEL_LENS
 #   (default here 2048 131072) without and with them, alternately, twice each, with STEP_ROWS requests decoding
 #   (default 1; several: "4 8"); AB_KERNEL=0 leaves the kernel timings out
+#   layout-ab: the engine step with UNIFER_CUDA_KV_LAYOUT=NHD against HND, STEP_ROWS requests decoding (default 1),
+#   graphs captured for max_model_len 2048, alternately, twice each
 set -uo pipefail
 stages=" ${*:-check fusion pdl step warmup model attention conformance serve} "
 want() { [[ $stages == *" $1 "* ]]; }
@@ -98,6 +101,17 @@ if want fields-ab; then
       done
     done
   } | tee "$out/fields-ab.txt"
+fi
+if want layout-ab; then
+  for rows in ${STEP_ROWS:-1}; do
+    for round in 1 2; do
+      for layout in NHD HND; do
+        echo "== $layout (round $round)"
+        UNIFER_CUDA_KV_LAYOUT=$layout python3 benchmarks/engine_step_cuda.py --rows "$rows" 2>&1 \
+          | grep -v "Loading weights\|Writing model"
+      done
+    done
+  done | tee "$out/layout-ab.txt"
 fi
 if want eager; then
   python3 benchmarks/eager_step_cuda.py 2>&1 | grep -v "Loading weights\|Writing model" | tee "$out/eager-step.txt"

@@ -64,9 +64,11 @@ def _attention_case(
     num_segments: int | None = 1,
     config: dict | None = None,
     bound: bool = False,
+    head_major: bool = False,
 ) -> float:
     """Returns max error against the float64 reference. context_lens are cached tokens before the new ones;
-    ``bound``: the metadata only bounds the contexts, as in a graph capture."""
+    ``bound``: the metadata only bounds the contexts, as in a graph capture; ``head_major``: the kernel reads the
+    same cache stored [2, blocks, KH, block_size, D]."""
     from dataclasses import replace
 
     import torch
@@ -111,7 +113,7 @@ def _attention_case(
     with _nan_scratch():
         got = module("attention").unified_attention(
             q.to(dt),
-            cache.to(dt),
+            cache.to(dt).transpose(2, 3).contiguous() if head_major else cache.to(dt),
             md,
             scale=scale,
             sliding_window=sliding_window,
@@ -119,6 +121,7 @@ def _attention_case(
             num_segments=num_segments,
             config=replace(current_configs(torch.device("cpu")).attention, **config) if config else None,
             out=out,
+            head_major=head_major,
         )
     assert got.data_ptr() == out.data_ptr()
     err = _max_err(got, expected)
@@ -226,7 +229,8 @@ def _silu_case(seed: int, dtype: str) -> float:
     return _check(ops()["silu_and_mul"](x), ref.silu_and_mul(x.double()), dt)
 
 
-def _write_kv_case(seed: int, dtype: str) -> float:
+def _write_kv_case(seed: int, dtype: str, head_major: bool = False) -> float:
+    """``head_major``: the kernel writes a [2, blocks, KH, block_size, D] cache, compared through its transpose."""
     import torch
     from unifer.kernels.triton import ops
     from unifer.ops import reference as ref
@@ -237,16 +241,17 @@ def _write_kv_case(seed: int, dtype: str) -> float:
     v = torch.randn(6, 2, 80, generator=gen).to(dt)
     slots = torch.tensor([5, -1, 16, 17, -1, 47], dtype=torch.int64)
     want = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=dt)
-    got = want.clone()
+    stored = torch.full((2, 3, 2, 16, 80) if head_major else want.shape, float("nan"), dtype=dt)
     ref.write_kv(k, v, want, slots)
-    ops()["write_kv"](k, v, got, slots)
+    ops(head_major=head_major)["write_kv"](k, v, stored, slots)
+    got = stored.transpose(2, 3) if head_major else stored
     assert torch.equal(got.isnan(), want.isnan()), "write_kv wrote (or skipped) different slots"
     return _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt)
 
 
-def _rotary_write_kv_case(seed: int, dtype: str) -> float:
+def _rotary_write_kv_case(seed: int, dtype: str, head_major: bool = False) -> float:
     """The fused kernel against the reference's rotary_embedding then write_kv, on strided q/k/v views of a fused
-    QKV output, head size 80 (padded lanes), with padding slots."""
+    QKV output, head size 80 (padded lanes), with padding slots; ``head_major`` as for write_kv."""
     import torch
     from unifer.kernels.triton import ops
     from unifer.ops import reference as ref
@@ -261,9 +266,10 @@ def _rotary_write_kv_case(seed: int, dtype: str) -> float:
     pos = torch.randint(0, 64, (6,), generator=gen)
     slots = torch.tensor([5, -1, 16, 17, -1, 47], dtype=torch.int64)
     want = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=torch.float64)
-    got = torch.full((2, 3, 16, 2, 80), float("nan"), dtype=dt)
+    stored = torch.full((2, 3, 2, 16, 80) if head_major else (2, 3, 16, 2, 80), float("nan"), dtype=dt)
     want_q = ref.rotary_write_kv(pos, q.double(), k.double(), v.double(), cos_sin.double(), want, slots)
-    got_q = ops()["rotary_write_kv"](pos, q, k, v, cos_sin, got, slots)
+    got_q = ops(head_major=head_major)["rotary_write_kv"](pos, q, k, v, cos_sin, stored, slots)
+    got = stored.transpose(2, 3) if head_major else stored
     assert torch.equal(got.isnan(), want.isnan()), "rotary_write_kv wrote (or skipped) different slots"
     assert torch.equal(q, qkv[:, :6]) and not got_q.data_ptr() == q.data_ptr(), "the query must not change in place"
     return max(_check(got_q, want_q, dt), _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt))
@@ -275,8 +281,13 @@ def _ops_signatures() -> float:
     from unifer.kernels.triton import ops
     from unifer.ops import reference as ref
 
-    for name, fn in ops().items():
-        assert inspect.signature(fn) == inspect.signature(getattr(ref, name)), name
+    # The reference's parameters, in order, then only defaulted keyword-only knobs (the cache layout's).
+    for head_major in (False, True):
+        for name, fn in ops(head_major=head_major).items():
+            mine = list(inspect.signature(fn).parameters.values())
+            theirs = list(inspect.signature(getattr(ref, name)).parameters.values())
+            assert mine[:len(theirs)] == theirs, name
+            assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in mine[len(theirs):]), name
     return 0.0
 
 
@@ -292,6 +303,12 @@ def _all_cases() -> dict:
         if (kw.get("num_segments") or 1) > 1:
             cases[f"attention[{name},skip_empty_segments]"] = lambda kw=kw, i=i: _attention_case(
                 seed=100 + i, config={"skip_empty_segments": 1}, bound=True, **kw)
+    # A head-major cache ([2, blocks, KH, block_size, D]), which the cuda backend takes with UNIFER_CUDA_KV_LAYOUT=HND.
+    for name in ("mixed", "gqa4", "block32", "split_kv_mostly_empty"):
+        cases[f"attention[{name},head_major]"] = lambda name=name: _attention_case(
+            seed=300, head_major=True, **ATTENTION_CASES[name])
+    cases["write_kv[float32,head_major]"] = lambda: _write_kv_case(5, "float32", head_major=True)
+    cases["rotary_write_kv[float32,head_major]"] = lambda: _rotary_write_kv_case(8, "float32", head_major=True)
     cases["attention[split_kv_heuristic]"] = lambda: _attention_case(
         seed=7, query_lens=[1], context_lens=[40], num_heads=2, num_kv_heads=1, head_dim=64, num_segments=None
     )

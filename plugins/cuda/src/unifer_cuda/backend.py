@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from unifer.backends import Availability, Backend, Capabilities
+
+# "HND" stores each page's positions of one KV head together ([2, blocks, kv_heads, block_size, head_dim]);
+# "NHD", the default, each position's heads together (the Backend default shape).
+KV_LAYOUT_ENV = "UNIFER_CUDA_KV_LAYOUT"
 
 
 class CUDABackend(Backend):
@@ -113,7 +119,20 @@ class CUDABackend(Backend):
         torch.cuda.empty_cache()
 
     # kernels -------------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def kv_head_major(self) -> bool:
+        """Read once, so the cache's shape and the kernels' reading of it cannot disagree."""
+        layout = os.environ.get(KV_LAYOUT_ENV, "NHD").upper()
+        if layout not in ("NHD", "HND"):
+            raise ValueError(f"{KV_LAYOUT_ENV}={layout!r}: expected NHD or HND")
+        return layout == "HND"
+
+    def kv_cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
+        if self.kv_head_major:
+            return (2, num_blocks, num_kv_heads, block_size, head_dim)
+        return super().kv_cache_shape(num_blocks, block_size, num_kv_heads, head_dim)
+
     def native_ops(self) -> dict[str, Callable[..., Any]]:
         from unifer.kernels.triton import ops
 
-        return ops()
+        return ops(head_major=self.kv_head_major)

@@ -7,6 +7,7 @@ entries, by name, with the exact signatures of ``unifer.ops.reference``. Matrix 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ _OPS: dict[str, tuple[str, str]] = {
     "paged_attention": ("attention", "paged_attention"),
 }
 OP_NAMES: tuple[str, ...] = tuple(_OPS)
+# The ops that read or write the KV cache, so take its layout.
+_CACHE_OPS = ("write_kv", "rotary_write_kv", "paged_attention")
 
 
 def _require_triton() -> None:
@@ -41,10 +44,14 @@ def module(name: str):
     return importlib.import_module(f"unifer.kernels.triton.{name}")
 
 
-def ops() -> dict[str, Callable[..., Any]]:
-    """op name -> Triton implementation, for a backend's ``native_ops()``."""
+def ops(head_major: bool = False) -> dict[str, Callable[..., Any]]:
+    """op name -> Triton implementation, for a backend's ``native_ops()``; ``head_major``: the cache ops take a
+    [2, blocks, kv_heads, block_size, head_dim] cache (each page's positions of one KV head adjacent)."""
     _require_triton()
-    return {op: getattr(module(mod), fn) for op, (mod, fn) in _OPS.items()}
+    table = {op: getattr(module(mod), fn) for op, (mod, fn) in _OPS.items()}
+    if head_major:
+        table.update({op: functools.partial(table[op], head_major=True) for op in _CACHE_OPS})
+    return table
 
 
 __all__ = [

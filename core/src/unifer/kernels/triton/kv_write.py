@@ -63,8 +63,12 @@ def check_kv_inputs(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tens
         raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
 
 
-def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place)."""
+def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
+             head_major: bool = False) -> None:
+    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place); ``head_major``: a
+    [2, blocks, KH, block_size, D] cache."""
+    if head_major:
+        kv_cache = kv_cache.transpose(2, 3)
     check_kv_inputs(key, value, kv_cache)
     key = key if key.stride(2) == 1 else key.contiguous()
     value = value if value.stride(2) == 1 else value.contiguous()
