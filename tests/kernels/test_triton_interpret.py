@@ -68,7 +68,7 @@ def _attention_case(
 ) -> float:
     """Returns max error against the float64 reference. context_lens are cached tokens before the new ones;
     ``bound``: the metadata only bounds the contexts, as in a graph capture; ``head_major``: the kernel reads the
-    same cache stored [2, blocks, KH, block_size, D]."""
+    same cache stored [2, blocks, KH, block_size, D] (as paged_attention_head_major passes it)."""
     from dataclasses import replace
 
     import torch
@@ -113,7 +113,7 @@ def _attention_case(
     with _nan_scratch():
         got = module("attention").unified_attention(
             q.to(dt),
-            cache.to(dt).transpose(2, 3).contiguous() if head_major else cache.to(dt),
+            cache.to(dt).transpose(2, 3).contiguous().transpose(2, 3) if head_major else cache.to(dt),
             md,
             scale=scale,
             sliding_window=sliding_window,
@@ -121,7 +121,6 @@ def _attention_case(
             num_segments=num_segments,
             config=replace(current_configs(torch.device("cpu")).attention, **config) if config else None,
             out=out,
-            head_major=head_major,
         )
     assert got.data_ptr() == out.data_ptr()
     err = _max_err(got, expected)
@@ -275,19 +274,42 @@ def _rotary_write_kv_case(seed: int, dtype: str, head_major: bool = False) -> fl
     return max(_check(got_q, want_q, dt), _check(got.nan_to_num(0.0), want.nan_to_num(0.0), dt))
 
 
+def _head_major_table_case(seed: int) -> float:
+    """The head-major table's attention, on a cache its write_kv filled, against the token-major table on the
+    same K/V: the same kernel reads the same values, so the outputs are identical."""
+    import torch
+    from unifer.backends.backend import AttentionMetadata
+    from unifer.kernels.triton import ops
+
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens, blocks = [21, 9], [[3, 1], [4]]
+    k, v = (torch.randn(sum(seq_lens), 2, 64, generator=gen) for _ in range(2))
+    slots = torch.tensor([b * 16 + p % 16 for row, n in zip(blocks, seq_lens, strict=True)
+                          for b, p in ((row[p // 16], p) for p in range(n))])
+    q = torch.randn(2, 4, 64, generator=gen)
+    md = AttentionMetadata(query_start_loc=torch.tensor([0, 1, 2], dtype=torch.int32),
+                           seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+                           block_table=torch.tensor([[3, 1], [4, 0]], dtype=torch.int32), slot_mapping=slots[[20, 29]],
+                           max_query_len=1, max_seq_len=max(seq_lens))
+    outs = []
+    for head_major, shape in ((False, (2, 5, 16, 2, 64)), (True, (2, 5, 2, 16, 64))):
+        table = ops(head_major=head_major)
+        cache = torch.full(shape, float("nan"))
+        table["write_kv"](k, v, cache, slots)
+        outs.append(table["paged_attention"](q, cache, md, scale=0.125))
+    assert not outs[0].isnan().any() and torch.equal(outs[0], outs[1]), "the two layouts' attention differs"
+    return 0.0
+
+
 def _ops_signatures() -> float:
     import inspect
 
     from unifer.kernels.triton import ops
     from unifer.ops import reference as ref
 
-    # The reference's parameters, in order, then only defaulted keyword-only knobs (the cache layout's).
     for head_major in (False, True):
         for name, fn in ops(head_major=head_major).items():
-            mine = list(inspect.signature(fn).parameters.values())
-            theirs = list(inspect.signature(getattr(ref, name)).parameters.values())
-            assert mine[:len(theirs)] == theirs, name
-            assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in mine[len(theirs):]), name
+            assert inspect.signature(fn) == inspect.signature(getattr(ref, name)), (name, head_major)
     return 0.0
 
 
@@ -307,6 +329,7 @@ def _all_cases() -> dict:
     for name in ("mixed", "gqa4", "block32", "split_kv_mostly_empty"):
         cases[f"attention[{name},head_major]"] = lambda name=name: _attention_case(
             seed=300, head_major=True, **ATTENTION_CASES[name])
+    cases["head_major_table"] = lambda: _head_major_table_case(9)
     cases["write_kv[float32,head_major]"] = lambda: _write_kv_case(5, "float32", head_major=True)
     cases["rotary_write_kv[float32,head_major]"] = lambda: _rotary_write_kv_case(8, "float32", head_major=True)
     cases["attention[split_kv_heuristic]"] = lambda: _attention_case(

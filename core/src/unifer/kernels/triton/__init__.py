@@ -7,7 +7,6 @@ entries, by name, with the exact signatures of ``unifer.ops.reference``. Matrix 
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +24,9 @@ _OPS: dict[str, tuple[str, str]] = {
     "paged_attention": ("attention", "paged_attention"),
 }
 OP_NAMES: tuple[str, ...] = tuple(_OPS)
-# The ops that read or write the KV cache, so take its layout.
+# The ops that read or write the KV cache: each has a twin for a head-major cache, named with this suffix.
 _CACHE_OPS = ("write_kv", "rotary_write_kv", "paged_attention")
+HEAD_MAJOR = "_head_major"
 
 
 def _require_triton() -> None:
@@ -48,10 +48,8 @@ def ops(head_major: bool = False) -> dict[str, Callable[..., Any]]:
     """op name -> Triton implementation, for a backend's ``native_ops()``; ``head_major``: the cache ops take a
     [2, blocks, kv_heads, block_size, head_dim] cache (each page's positions of one KV head adjacent)."""
     _require_triton()
-    table = {op: getattr(module(mod), fn) for op, (mod, fn) in _OPS.items()}
-    if head_major:
-        table.update({op: functools.partial(table[op], head_major=True) for op in _CACHE_OPS})
-    return table
+    suffix = {op: HEAD_MAJOR if head_major and op in _CACHE_OPS else "" for op in _OPS}
+    return {op: getattr(module(mod), fn + suffix[op]) for op, (mod, fn) in _OPS.items()}
 
 
 __all__ = [

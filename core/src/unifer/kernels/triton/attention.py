@@ -13,8 +13,8 @@ Split-KV: for few tokens over long contexts, NUM_SEGMENTS > 1 programs share one
 partial (max, sum, acc) rows; ``_reduce_segments_kernel`` merges them.
 
 Cache layout: kv_cache [2, num_blocks, block_size, kv_heads, head_dim] (the Backend default), any strides except
-a unit last stride; with ``head_major`` it takes [2, num_blocks, kv_heads, block_size, head_dim] and reads it
-through the transposed view. Head sizes that are not powers of two are padded to the next one with masks.
+a unit last stride; ``paged_attention_head_major`` reads a [2, num_blocks, kv_heads, block_size, head_dim] one.
+Head sizes that are not powers of two are padded to the next one with masks.
 """
 
 from __future__ import annotations
@@ -316,16 +316,12 @@ def unified_attention(
     num_segments: int | None = None,
     config: AttentionConfig | None = None,
     out: torch.Tensor | None = None,
-    head_major: bool = False,
 ) -> torch.Tensor:
     """``paged_attention`` of the reference, plus knobs: ``num_segments`` (None: heuristic; 1: no split-KV;
-    a power of two: forced split), ``config`` (None: the table for the current device), ``out``, ``head_major``
-    (a [2, blocks, KH, block_size, D] cache).
+    a power of two: forced split), ``config`` (None: the table for the current device), ``out``.
 
     With dependent launch on, the kernels read ``metadata``'s query_start_loc and seq_lens before waiting on the
     kernel launched just before them, so that kernel must not be the one that writes them (dependent_launch.py)."""
-    if head_major:
-        kv_cache = kv_cache.transpose(2, 3)
     _check_inputs(query, kv_cache)
     if query.stride(2) != 1:
         query = query.contiguous()
@@ -438,9 +434,20 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     soft_cap: float | None = None,
-    head_major: bool = False,
 ) -> torch.Tensor:
-    """Same signature and semantics as ``unifer.ops.reference.paged_attention``; ``head_major``: a
-    [2, blocks, KH, block_size, D] cache."""
-    return unified_attention(query, kv_cache, metadata, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap,
-                             head_major=head_major)
+    """Same signature and semantics as ``unifer.ops.reference.paged_attention``."""
+    return unified_attention(query, kv_cache, metadata, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
+
+
+def paged_attention_head_major(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+) -> torch.Tensor:
+    """``paged_attention`` over a head-major cache, [2, blocks, KH, block_size, D]."""
+    return unified_attention(query, kv_cache.transpose(2, 3), metadata, scale=scale, sliding_window=sliding_window,
+                             soft_cap=soft_cap)

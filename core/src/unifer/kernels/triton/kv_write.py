@@ -63,12 +63,8 @@ def check_kv_inputs(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tens
         raise ValueError("kv_cache needs a unit stride in its last (head_dim) dimension")
 
 
-def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
-             head_major: bool = False) -> None:
-    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place); ``head_major``: a
-    [2, blocks, KH, block_size, D] cache."""
-    if head_major:
-        kv_cache = kv_cache.transpose(2, 3)
+def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Same signature and semantics as ``unifer.ops.reference.write_kv`` (in place)."""
     check_kv_inputs(key, value, kv_cache)
     key = key if key.stride(2) == 1 else key.contiguous()
     value = value if value.stride(2) == 1 else value.contiguous()
@@ -97,3 +93,9 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
         **launch_options(key.device),
         num_warps=current_configs(key.device).elementwise.num_warps,
     )
+
+
+def write_kv_head_major(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> None:
+    """``write_kv`` into a head-major cache, [2, blocks, KH, block_size, D]."""
+    write_kv(key, value, kv_cache.transpose(2, 3), slot_mapping)

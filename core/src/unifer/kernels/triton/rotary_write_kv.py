@@ -68,12 +68,8 @@ def _rotary_write_kv_kernel(
 
 
 def rotary_write_kv(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, *,
-                    head_major: bool = False) -> torch.Tensor:
-    """Same signature and semantics as ``unifer.ops.reference.rotary_write_kv``; ``head_major``: a
-    [2, blocks, KH, block_size, D] cache."""
-    if head_major:
-        kv_cache = kv_cache.transpose(2, 3)
+                    cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """Same signature and semantics as ``unifer.ops.reference.rotary_write_kv``."""
     check_rotary_inputs(query, key, cos_sin_cache)
     check_kv_inputs(key, value, kv_cache)
     if positions.shape[0] != query.shape[0] or slot_mapping.shape[0] != query.shape[0]:
@@ -125,3 +121,10 @@ def rotary_write_kv(positions: torch.Tensor, query: torch.Tensor, key: torch.Ten
         num_warps=current_configs(query.device).elementwise.num_warps,
     )
     return q_out
+
+
+def rotary_write_kv_head_major(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               cos_sin_cache: torch.Tensor, kv_cache: torch.Tensor,
+                               slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rotary_write_kv`` into a head-major cache, [2, blocks, KH, block_size, D]."""
+    return rotary_write_kv(positions, query, key, value, cos_sin_cache, kv_cache.transpose(2, 3), slot_mapping)
