@@ -9,7 +9,8 @@ Every number is measured in the same run as its baseline:
     ceiling that a launch's fixed cost leaves for any kernel over so few bytes);
   * prefill, batch 4 x 1k/4k and 1 x 16k (causal): TFLOP/s against SDPA (flash backend where it takes the shape)
     on the same K/V laid out contiguously, and FlashInfer's paged prefill on the same cache.
-Timings are triton.testing.do_bench medians.
+Timings are triton.testing.do_bench medians. The decode rows read the cache in the layout the cuda backend stores
+(UNIFER_CUDA_KV_LAYOUT: NHD by default, HND head-major), FlashInfer's in the same layout.
 
     python benchmarks/attention_cuda.py              # check, then benchmark (one table)
     python benchmarks/attention_cuda.py --check-only # correctness only (all kernels, several dtypes/shapes)
@@ -217,7 +218,8 @@ def _read_kernel(ptr, n, sink, BLOCK: tl.constexpr):
 
 def read_all(t: torch.Tensor) -> torch.Tensor:
     """Reads every byte of ``t`` once (an xor of its 32-bit words into one value per program)."""
-    words = t.view(-1).view(torch.int32)
+    stored = t if t.is_contiguous() else t.transpose(2, 3)  # a head-major cache is the view of its transpose
+    words = stored.view(-1).view(torch.int32)
     block = 4096
     programs = min(8 * torch.cuda.get_device_properties(t.device).multi_processor_count,
                    triton.cdiv(words.numel(), block))
@@ -254,19 +256,22 @@ def _flashinfer_pages(md, batch, kv_len):
     return indptr, indices, last
 
 
-def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores):
+def flashinfer_decode(q, caches, md, batch, ctx, tensor_cores, head_major=False):
     """A callable running FlashInfer's paged decode on each of the same caches, or an error string.
-    ``tensor_cores``: FlashInfer's tensor-core decode (its prefill kernel), which it recommends for GQA groups >= 4."""
+    ``tensor_cores``: FlashInfer's tensor-core decode (its prefill kernel), which it recommends for GQA groups >= 4;
+    ``head_major``: the caches are head-major, which FlashInfer reads as its "HND" layout."""
     try:
         import flashinfer
     except Exception:
         return "not installed"
     try:
         workspace = torch.empty(256 << 20, dtype=torch.uint8, device=q.device)
-        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "HND" if head_major else "NHD",
+                                                                use_tensor_cores=tensor_cores)
         wrapper.plan(*_flashinfer_pages(md, batch, ctx), HEADS, KV_HEADS, HEAD_DIM, BLOCK, data_type=q.dtype,
                      q_data_type=q.dtype)
-        kvs = [(cache[0], cache[1]) for cache in caches]
+        kvs = [(cache[0].transpose(1, 2), cache[1].transpose(1, 2)) if head_major else (cache[0], cache[1])
+               for cache in caches]
         wrapper.run(q, kvs[0])
         return lambda: [wrapper.run(q, kv) for kv in kvs]
     except Exception as exc:
@@ -322,14 +327,24 @@ def cold_decode_batch(batch: int, ctx: int, device: str, block_size=BLOCK, head_
     return q, md, [cache] + [cache.clone() for _ in range(n - 1)], kv_bytes  # clone keeps a head-major layout
 
 
+def engine_head_major() -> bool:
+    """Whether the cuda backend stores its cache head-major (UNIFER_CUDA_KV_LAYOUT=HND): the decode table times the
+    layout the engine runs."""
+    from unifer_cuda import CUDABackend
+
+    return CUDABackend().kv_head_major
+
+
 def run_benchmarks(device: str) -> None:
     dtype = torch.bfloat16
     props = torch.cuda.get_device_properties(device)
     copy_bw = copy_bandwidth(device)
     attention = ops()["paged_attention"]
+    head_major = engine_head_major()
     print(
         f"\ndevice: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
-        f"triton {__import__('triton').__version__}"
+        f"triton {__import__('triton').__version__}; decode over the engine's cache layout, "
+        f"{'HND' if head_major else 'NHD'}"
     )
     print(f"device-to-device copy bandwidth: {copy_bw / 1e9:.0f} GB/s (1 GiB copy, read + write)")
     header = (
@@ -340,7 +355,7 @@ def run_benchmarks(device: str) -> None:
     rows = []
     for batch in (1, 8, 64):
         for ctx in (1024, 4096, 16384):
-            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device)
+            q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, head_major=head_major)
             cache, n = caches[0], len(caches)
             scale = HEAD_DIM**-0.5
             t_eager = bench(lambda q=q, c=cache, md=md, s=scale: attention(q, c, md, scale=s))
@@ -357,7 +372,7 @@ def run_benchmarks(device: str) -> None:
             # FlashInfer at the faster of its two decode paths (CUDA cores / tensor cores), named in 'FI path'.
             fi_times = {}
             for label, tc in (("cc", False), ("tc", True)):
-                fi = flashinfer_decode(q, caches, md, batch, ctx, tc)
+                fi = flashinfer_decode(q, caches, md, batch, ctx, tc, head_major)
                 if callable(fi):
                     fi_times[label] = bench_graph(fi) / n
             fi_path = min(fi_times, key=fi_times.get) if fi_times else None
