@@ -1,7 +1,7 @@
 """The engine over the cuda backend's KV-cache shape and ops table, in both layouts (UNIFER_CUDA_KV_LAYOUT), on CPU
 tensors through Triton's interpreter: greedy tokens against transformers with chunked prefill, prefix caching and
-preemption in one run. No GPU runs here, so this is what shows that the engine, the backend's shape and its
-head-major kernels fit together.
+preemption in one run, and a few of the conformance suite's op and attention cases. No GPU runs here, so this is
+what shows that the engine, the suite, the backend's shape and its head-major kernels fit together.
 
 The cases run in one child process with TRITON_INTERPRET set (tests/interpreter_harness.py says why).
 """
@@ -31,17 +31,14 @@ def _prompts() -> list[list[int]]:
     return [prefix + [rng.randrange(4, 512) for _ in range(n)] for n in (3, 11, 25)] + [[7, 8, 9]]
 
 
-def _engine_case(layout: str) -> None:
-    from checkpoints import make_checkpoint
-    from hf_reference import hf_greedy
-    from unifer import LLM, SamplingParams
-    from unifer.engine import engine as engine_module
+def _cuda_tables_on_cpu(layout: str):
+    """The CPU backend's device services with the cuda backend's cache shape and (interpreted) kernels."""
     from unifer_cpu import CPUBackend
     from unifer_cuda import CUDABackend
     from unifer_cuda.backend import KV_LAYOUT_ENV
 
     class CudaTablesOnCPU(CPUBackend):
-        """The CPU backend's device services with the cuda backend's cache shape and (interpreted) kernels."""
+        name = "cuda-tables-on-cpu"
 
         def __init__(self) -> None:
             super().__init__()
@@ -54,7 +51,32 @@ def _engine_case(layout: str) -> None:
             return self.cuda.native_ops()
 
     os.environ[KV_LAYOUT_ENV] = layout
-    backend = CudaTablesOnCPU()
+    return CudaTablesOnCPU()
+
+
+def _conformance_case(layout: str) -> None:
+    """The suite's own runner on a few op and attention cases, split-KV decode among them, over the layout."""
+    from unifer.backends import BackendRegistry
+    from unifer_conformance.case import SuiteConfig
+    from unifer_conformance.suite import run_suite
+
+    registry = BackendRegistry()
+    registry.add(_cuda_tables_on_cpu(layout))
+    registry.probe_all()
+    keyword = "write_kv/float16 or (decode or chunk or sliding_window) and /float16/ and h128 and not long_chunk"
+    report = run_suite("cuda-tables-on-cpu", levels=("ops", "attention"), keyword=keyword,
+                       config=SuiteConfig(seed=3), registry=registry)
+    assert report["passed"], [c for c in report["cases"] if c["status"] != "PASS"]
+    assert report["totals"]["PASS"] >= 10, report["totals"]
+
+
+def _engine_case(layout: str) -> None:
+    from checkpoints import make_checkpoint
+    from hf_reference import hf_greedy
+    from unifer import LLM, SamplingParams
+    from unifer.engine import engine as engine_module
+
+    backend = _cuda_tables_on_cpu(layout)
     assert backend.ops.paged_attention.__name__ == ("paged_attention_head_major" if layout == "HND"
                                                     else "paged_attention")
     folder = make_checkpoint(Path(tempfile.mkdtemp()) / "llama")
@@ -76,7 +98,10 @@ def _engine_case(layout: str) -> None:
 
 
 def _all_cases() -> dict:
-    return {f"engine[{layout}]": (lambda layout=layout: _engine_case(layout)) for layout in ("NHD", "HND")}
+    # The token-major layout's conformance runs in CI through the rocm backend's interpreter mode, the same kernels.
+    cases = {f"engine[{layout}]": (lambda layout=layout: _engine_case(layout)) for layout in ("NHD", "HND")}
+    cases["conformance[HND]"] = lambda: _conformance_case("HND")
+    return cases
 
 
 CASE_NAMES = list(_all_cases())
@@ -84,7 +109,9 @@ CASE_NAMES = list(_all_cases())
 
 def _child_main() -> None:
     from test_triton_interpret import _numpy_compat
+    from unifer_rocm.interpret import patch_interpreter
 
+    patch_interpreter()  # bfloat16 casts round as GPUs do, as the conformance tolerances expect
     _numpy_compat()
     harness.run_cases(_all_cases())
 
