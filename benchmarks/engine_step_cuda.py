@@ -9,7 +9,8 @@ to it); the replay figure stays that of the batch-1 graph.
 
 ``--max-model-len`` sets the context the decode graphs are captured for, and so their split-KV segment count.
 ``--attention`` sets integer fields of the device's attention config row for this process, for A/B runs of
-config variants.
+config variants. Last, it prints one request's 64 greedy tokens, so that processes run with different settings
+(``UNIFER_CUDA_KV_LAYOUT``, say) can be checked to generate the same ones.
 """
 
 from __future__ import annotations
@@ -56,13 +57,13 @@ def main() -> None:
     replay = min(r for _, r in rounds)
     print(f"unifer from {Path(unifer.__file__).parent}; device {torch.cuda.get_device_name()}; "
           f"max_model_len {args.max_model_len}; attention {' '.join(args.attention) or 'as configured'}")
-    # The replay is the batch-1 graph's, so only a batch-1 step has a host share to print.
     # Greedy tokens of one request, for comparing processes that differ only in a setting: the checkpoint is seeded.
     from unifer import SamplingParams
 
     out = llm.generate({"prompt_token_ids": list(range(100, 228))},
                        SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True), use_tqdm=False)
     print(f"greedy tokens 64 after a 128-token prompt: {out[0].outputs[0].token_ids}")
+    # The replay is the batch-1 graph's, so only a batch-1 step has a host share to print.
     host = f"; step - replay {1e3 * (step - replay):.1f} us" if args.rows == 1 else ""
     print(f"batch-{args.rows} decode: roofline {roofline:.3f} ms; engine step {step:.4f} ms ({roofline / step:.1%}), "
           f"batch-1 graph replay {replay:.4f} ms ({roofline / replay:.1%}){host}; rounds "
