@@ -316,6 +316,14 @@ def contiguous_kv(cache, md, batch, length):
     return k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
 
 
+def sdpa_decode_inputs(q, cache, md, batch, ctx, copies):
+    """A decode batch posed to SDPA: the query as [B, H, 1, D], and ``copies`` copies of the cache's K/V laid out
+    contiguously (as many as the kernel's cold-L2 copies)."""
+    k, v = contiguous_kv(cache, md, batch, ctx)
+    return (q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2),
+            [(k, v)] + [(k.clone(), v.clone()) for _ in range(copies - 1)])
+
+
 def cold_decode_batch(batch: int, ctx: int, device: str, block_size=BLOCK, head_major=False):
     """A decode batch of the benchmark shape, with copies of its cache that overflow L2 four times: (q, md, caches,
     K/V bytes). A cold-L2 timing replays the kernel over every copy and divides by their number, as in a decode
@@ -365,9 +373,7 @@ def run_benchmarks(device: str) -> None:
             # fixed cost, not bandwidth, bounds any kernel.
             t_read = bench_graph(lambda cs=caches: [read_all(c) for c in cs]) / n
             plain_read = cache.numel() * cache.element_size() / (t_read * 1e-3)
-            k, v = contiguous_kv(cache, md, batch, ctx)
-            kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(n - 1)]
-            qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
+            qs, kvs = sdpa_decode_inputs(q, cache, md, batch, ctx, n)
             ts = bench_graph(lambda qs=qs, kvs=kvs: [sdpa(qs, k, v, False) for k, v in kvs]) / n
             # FlashInfer at the faster of its two decode paths (CUDA cores / tensor cores), named in 'FI path'.
             fi_times = {}
@@ -472,12 +478,11 @@ def _page_run(batch: int, ctx: int, device: str, name: str, check: bool):
     attention = ops()["paged_attention"]
     bs = 16 if name == "SDPA" else int(name.rstrip("h"))
     q, md, caches, kv_bytes = cold_decode_batch(batch, ctx, device, bs, name.endswith("h"))
-    k, v = contiguous_kv(caches[0], md, batch, ctx)
-    qs = q.view(batch, 1, HEADS, HEAD_DIM).transpose(1, 2)
     if name == "SDPA":
-        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(len(caches) - 1)]
+        qs, kvs = sdpa_decode_inputs(q, caches[0], md, batch, ctx, len(caches))
         return len(kvs), lambda: [sdpa(qs, k, v, False) for k, v in kvs], kv_bytes
     if check:
+        qs, [(k, v)] = sdpa_decode_inputs(q, caches[0], md, batch, ctx, 1)
         want = sdpa(qs, k, v, False).transpose(1, 2).reshape(q.shape).double()
         err = _rel(attention(q, caches[0], md, scale=HEAD_DIM**-0.5).float(), want)
         assert err < 2e-2, f"{name} at batch {batch} x {ctx} differs from SDPA: relative error {err:.2e}"

@@ -284,8 +284,8 @@ def _head_major_table_case(seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     seq_lens, blocks = [21, 9], [[3, 1], [4]]
     k, v = (torch.randn(sum(seq_lens), 2, 64, generator=gen) for _ in range(2))
-    slots = torch.tensor([b * 16 + p % 16 for row, n in zip(blocks, seq_lens, strict=True)
-                          for b, p in ((row[p // 16], p) for p in range(n))])
+    slots = torch.tensor([row[p // 16] * 16 + p % 16 for row, n in zip(blocks, seq_lens, strict=True)
+                          for p in range(n)])
     q = torch.randn(2, 4, 64, generator=gen)
     md = AttentionMetadata(query_start_loc=torch.tensor([0, 1, 2], dtype=torch.int32),
                            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),

@@ -26,7 +26,7 @@ _OPS: dict[str, tuple[str, str]] = {
 OP_NAMES: tuple[str, ...] = tuple(_OPS)
 # The ops that read or write the KV cache: each has a twin for a head-major cache, named with this suffix.
 _CACHE_OPS = ("write_kv", "rotary_write_kv", "paged_attention")
-HEAD_MAJOR = "_head_major"
+_HEAD_MAJOR = "_head_major"
 
 
 def _require_triton() -> None:
@@ -48,7 +48,7 @@ def ops(head_major: bool = False) -> dict[str, Callable[..., Any]]:
     """op name -> Triton implementation, for a backend's ``native_ops()``; ``head_major``: the cache ops take a
     [2, blocks, kv_heads, block_size, head_dim] cache (each page's positions of one KV head adjacent)."""
     _require_triton()
-    suffix = {op: HEAD_MAJOR if head_major and op in _CACHE_OPS else "" for op in _OPS}
+    suffix = {op: _HEAD_MAJOR if head_major and op in _CACHE_OPS else "" for op in _OPS}
     return {op: getattr(module(mod), fn + suffix[op]) for op, (mod, fn) in _OPS.items()}
 
 
